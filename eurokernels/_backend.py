@@ -1,0 +1,70 @@
+"""Backend selection: one mechanism for every op.
+
+Precedence: the op's ``backend=`` argument, else the innermost ``eurokernels.use_backend(...)`` block, else the
+default for the tensor's device (``cpu`` for CPU tensors, ``triton`` for CUDA tensors).
+
+Backends:
+  reference  plain PyTorch in fp32 (eurokernels/reference.py): the oracle; any device.
+  cpu        fused C++ kernels (csrc/*/_cpu.cpp), vectorized and multi-threaded; CPU tensors.
+  triton     Triton kernels (eurokernels/triton/); CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+  cuda       CUDA C++ kernels (csrc/*/*.cu); CUDA tensors, when the extension was built with nvcc.
+"""
+import contextlib
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# A plain module global (not a contextvar): torch.compile guards on it without a graph break. The override is
+# process-wide, like torch.backends flags.
+_override = None
+
+
+@contextlib.contextmanager
+def use_backend(backend):
+    """Run the ops inside the block on ``backend`` unless a call passes ``backend=`` itself."""
+    global _override
+    _check_name(backend)
+    previous, _override = _override, backend
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def _check_name(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def triton_interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve(backend, tensor):
+    """The backend to run for ``tensor``; raises a ValueError naming what is wrong when it cannot run there."""
+    device = tensor.device.type
+    name = backend if backend is not None else _override
+    if name is None:
+        name = "triton" if device == "cuda" else "cpu"
+    _check_name(name)
+    if name == "cpu" and device != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got a tensor on {tensor.device}")
+    if name == "cuda":
+        if device != "cuda":
+            raise ValueError(f"backend 'cuda' needs CUDA tensors, got a tensor on {tensor.device}")
+        from . import _ext
+        _ext.cuda()  # raises if the CUDA extension was not built
+    if name == "triton" and device == "cpu" and not triton_interpreter_enabled():
+        raise ValueError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)")
+    if name == "triton" and device not in ("cpu", "cuda"):
+        raise ValueError(f"backend 'triton' needs CUDA tensors (or CPU under TRITON_INTERPRET=1), got {device}")
+    if name not in ("reference", "triton") and device not in ("cpu", "cuda"):
+        raise ValueError(f"backend {name!r} does not run on {device} tensors")
+    return name
+
+
+def default_backend(device):
+    """The backend ops pick for tensors on ``device`` when no ``backend=`` is passed."""
+    return _override or ("triton" if torch.device(device).type == "cuda" else "cpu")

@@ -1,0 +1,55 @@
+"""The one registration helper every op uses.
+
+Each public op is a torch.library custom op in the ``eurokernels`` namespace whose last schema argument is
+``str backend``. ``define_op`` registers one kernel per device type that forwards to the chosen backend's
+implementation, plus the fake (meta) implementation used by torch.compile. Autograd is registered by the op
+module with ``op.register_autograd`` and calls another registered op for the backward.
+"""
+import importlib
+
+import torch
+
+NAMESPACE = "eurokernels"
+
+# Which backends may run on which device type (resolve() in _backend.py gives users the friendly error first).
+DEVICE_BACKENDS = {
+    "cpu": ("reference", "cpu", "triton"),
+    "cuda": ("reference", "triton", "cuda"),
+}
+
+
+def lazy(module, attr):
+    """A callable that imports ``module`` on first call: keeps `import eurokernels` free of triton and the
+    compiled extensions, and lets TRITON_INTERPRET be set any time before the first Triton launch."""
+    target = None
+
+    def call(*args):
+        nonlocal target
+        if target is None:
+            target = getattr(importlib.import_module(module), attr)
+        return target(*args)
+
+    call.__name__ = f"{module}.{attr}"
+    return call
+
+
+def define_op(name, schema, impls, fake):
+    """Declare ``eurokernels::<name>`` with ``schema``; ``impls`` maps backend name -> callable taking the schema's
+    arguments without the trailing backend; ``fake`` computes output metadata for tracing."""
+    def kernel_for(device_type):
+        allowed = DEVICE_BACKENDS[device_type]
+
+        def kernel(*args):
+            backend = args[-1]
+            if backend not in allowed:
+                raise ValueError(f"eurokernels::{name}: backend {backend!r} does not run on {device_type} tensors")
+            return impls[backend](*args[:-1])
+
+        kernel.__name__ = f"{name}_{device_type}"
+        return kernel
+
+    op = torch.library.custom_op(f"{NAMESPACE}::{name}", kernel_for("cpu"), mutates_args=(),
+                                 device_types="cpu", schema=schema)
+    op.register_kernel("cuda", kernel_for("cuda"))
+    op.register_fake(fake)
+    return op

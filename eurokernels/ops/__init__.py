@@ -1,0 +1,1 @@
+"""Public ops. Each module: public function + checks, torch.library registration, fake impl, autograd, dispatch."""

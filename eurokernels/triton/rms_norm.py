@@ -1,0 +1,202 @@
+"""RMSNorm Triton kernels and launchers (math and rounding conventions: eurokernels/reference.py)."""
+import torch
+import triton
+import triton.language as tl
+
+from . import all_row_configs, persistent_programs, row_config
+from ._common import cast_to, round_to
+
+
+@triton.jit
+def _scale(h, rstd, w, offset, DTYPE: tl.constexpr, CASTING: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """Output values in fp32 before the store rounds them; CASTING as in csrc/rms_norm/rms_norm_common.h."""
+    if CASTING == 1:  # gemma: fp32 throughout
+        y = h * rstd
+        if HAS_WEIGHT:
+            y = y * (offset + w)
+    else:  # llama (0) / none (2): normalize, round to DTYPE, multiply by the rounded scale
+        r = rstd
+        if CASTING == 2:
+            r = round_to(rstd, DTYPE)
+        y = round_to(h * r, DTYPE)
+        if HAS_WEIGHT:
+            y = y * round_to(offset + w, DTYPE)
+    return y
+
+
+@triton.jit
+def rms_norm_fwd_kernel(
+    X, stride_x_row,  # input [M, N], unit stride along N
+    R, stride_r_row,  # residual [M, N] (read when HAS_RESIDUAL)
+    W,                # weight [N], any float dtype (read when HAS_WEIGHT)
+    Y,                # output [M, N], contiguous
+    RES_OUT,          # x + residual [M, N], contiguous (written when HAS_RESIDUAL)
+    RSTD,             # [M] fp32: 1 / rms, saved for the backward
+    N, eps, offset,
+    BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, CASTING: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):
+    # One program per row. int64 row offsets: rows * N can pass 2^31.
+    row = tl.program_id(0).to(tl.int64)
+    X += row * stride_x_row
+    R += row * stride_r_row
+    Y += row * N
+    RES_OUT += row * N
+    DTYPE = Y.dtype.element_ty
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE_BLOCK:  # the row lives in registers between the reduction and the scaling
+        mask = cols < N
+        h = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            h = round_to(h + tl.load(R + cols, mask=mask, other=0.0).to(tl.float32), DTYPE)
+            tl.store(RES_OUT + cols, h.to(DTYPE), mask=mask)
+        rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / N + eps)
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) if HAS_WEIGHT else 1.0
+        tl.store(Y + cols, cast_to(_scale(h, rstd, w, offset, DTYPE, CASTING, HAS_WEIGHT), DTYPE), mask=mask)
+    else:  # long rows: sweep once for the sum of squares, once more (from L2) to scale
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for off in range(0, N, BLOCK_N):
+            mask = off + cols < N
+            h = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                h = round_to(h + tl.load(R + off + cols, mask=mask, other=0.0).to(tl.float32), DTYPE)
+                tl.store(RES_OUT + off + cols, h.to(DTYPE), mask=mask)
+            acc += h * h
+        rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+        for off in range(0, N, BLOCK_N):
+            mask = off + cols < N
+            if HAS_RESIDUAL:
+                h = tl.load(RES_OUT + off + cols, mask=mask, other=0.0).to(tl.float32)
+            else:
+                h = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(W + off + cols, mask=mask, other=0.0).to(tl.float32) if HAS_WEIGHT else 1.0
+            tl.store(Y + off + cols, cast_to(_scale(h, rstd, w, offset, DTYPE, CASTING, HAS_WEIGHT), DTYPE), mask=mask)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def rms_norm_bwd_kernel(
+    DY, stride_dy_row,      # upstream gradient [M, N]
+    H, stride_h_row,        # the normalized input (x, or x + residual) [M, N]
+    W,                      # weight [N] (HAS_WEIGHT)
+    RSTD,                   # [M] fp32 from the forward
+    DRES, stride_dres_row,  # gradient flowing into residual_out [M, N] (HAS_DRES)
+    DX,                     # output [M, N], contiguous
+    DW_PARTIAL,             # [programs, N] fp32: this program's share of dw (HAS_WEIGHT)
+    M, N, offset, rows_per_program,
+    BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_DRES: tl.constexpr,
+):
+    # dx = rstd * (g - nhat * mean(g * nhat)), g = dy * (offset + w), nhat = h * rstd; dw = sum_rows(dy * nhat).
+    # Each program owns a contiguous chunk of rows and one row of DW_PARTIAL: no atomics, deterministic dw.
+    pid = tl.program_id(0).to(tl.int64)  # int64 rows: row offsets below are rows * stride
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    DW_PARTIAL += pid * N
+    DTYPE = DX.dtype.element_ty
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE_BLOCK:
+        mask = cols < N
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset if HAS_WEIGHT else 1.0
+        dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for row in range(row_start, row_end):
+            r = row
+            rstd = tl.load(RSTD + r)
+            dy = tl.load(DY + r * stride_dy_row + cols, mask=mask, other=0.0).to(tl.float32)
+            nh = tl.load(H + r * stride_h_row + cols, mask=mask, other=0.0).to(tl.float32) * rstd
+            g = dy * w
+            dx = rstd * (g - nh * (tl.sum(g * nh, axis=0) / N))
+            if HAS_DRES:
+                dx += tl.load(DRES + r * stride_dres_row + cols, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + r * N + cols, cast_to(dx, DTYPE), mask=mask)
+            dw += dy * nh
+        if HAS_WEIGHT:
+            tl.store(DW_PARTIAL + cols, dw, mask=mask)
+    else:
+        for row in range(row_start, row_end):
+            r = row
+            rstd = tl.load(RSTD + r)
+            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for off in range(0, N, BLOCK_N):
+                mask = off + cols < N
+                dy = tl.load(DY + r * stride_dy_row + off + cols, mask=mask, other=0.0).to(tl.float32)
+                h = tl.load(H + r * stride_h_row + off + cols, mask=mask, other=0.0).to(tl.float32)
+                if HAS_WEIGHT:
+                    dy = dy * (tl.load(W + off + cols, mask=mask, other=0.0).to(tl.float32) + offset)
+                acc += dy * h
+            c = tl.sum(acc, axis=0) * rstd / N
+            for off in range(0, N, BLOCK_N):
+                mask = off + cols < N
+                dy = tl.load(DY + r * stride_dy_row + off + cols, mask=mask, other=0.0).to(tl.float32)
+                nh = tl.load(H + r * stride_h_row + off + cols, mask=mask, other=0.0).to(tl.float32) * rstd
+                g = dy
+                if HAS_WEIGHT:
+                    g = dy * (tl.load(W + off + cols, mask=mask, other=0.0).to(tl.float32) + offset)
+                dx = rstd * (g - nh * c)
+                if HAS_DRES:
+                    dx += tl.load(DRES + r * stride_dres_row + off + cols, mask=mask, other=0.0).to(tl.float32)
+                tl.store(DX + r * N + off + cols, cast_to(dx, DTYPE), mask=mask)
+                if HAS_WEIGHT:  # this program's own row of partials: read-modify-write without races
+                    part = tl.load(DW_PARTIAL + off + cols, mask=mask, other=0.0)
+                    tl.store(DW_PARTIAL + off + cols, part + dy * nh, mask=mask)
+
+
+def forward(x, weight, residual, eps, offset, casting):
+    """x, residual: [M, N] with unit stride along N. Returns (y, residual_out or empty, rstd)."""
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    res_out = torch.empty_like(y) if residual is not None else x.new_empty(0)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M == 0 or N == 0:
+        return y, res_out, rstd.fill_(1.0 / eps ** 0.5 if eps > 0 else float("inf"))
+    cfg = row_config(N)
+    r = residual if residual is not None else x  # placeholders are never read: the flags compile the reads away
+    rms_norm_fwd_kernel[(M,)](
+        x, x.stride(0), r, r.stride(0), weight if weight is not None else x, y,
+        res_out if residual is not None else y, rstd, N, eps, offset,
+        BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, CASTING=casting,
+        HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, num_warps=cfg.num_warps)
+    return y, res_out, rstd
+
+
+def backward(dy, h, weight, rstd, dresidual_out, offset):
+    """dy, h, dresidual_out: [M, N] with unit stride along N; rstd: [M] fp32. Returns (dx, dw or empty)."""
+    M, N = h.shape
+    dx = torch.empty((M, N), dtype=h.dtype, device=h.device)
+    if N == 0 or M == 0:
+        return dx, (torch.zeros_like(weight) if weight is not None else h.new_empty(0))
+    cfg = row_config(N)
+    programs = persistent_programs(h.device, M)
+    alloc = torch.empty if cfg.single_block else torch.zeros  # the looping variant accumulates into its row
+    partial = alloc((programs, N) if weight is not None else (0,), dtype=torch.float32, device=h.device)
+    d = dresidual_out if dresidual_out is not None else dy
+    rms_norm_bwd_kernel[(programs,)](
+        dy, dy.stride(0), h, h.stride(0), weight if weight is not None else h, rstd, d, d.stride(0), dx,
+        partial, M, N, offset, triton.cdiv(M, programs),
+        BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, HAS_WEIGHT=weight is not None,
+        HAS_DRES=dresidual_out is not None, num_warps=cfg.num_warps)
+    dw = partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
+    return dx, dw
+
+
+def aot_specs():
+    """Every kernel x launch configuration the launchers can pick, for the AOT checks (eurokernels/inspect).
+    Each is compiled with the heaviest flags (residual, weight) at bf16, with the alignment the JIT assumes for a
+    hidden size that is a multiple of 16 elements."""
+    specs = []
+    for cfg in all_row_configs():
+        consts = dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block)
+        specs.append(dict(
+            name="rms_norm_fwd", kernel=rms_norm_fwd_kernel, num_warps=cfg.num_warps,
+            signature=dict(X="*bf16", stride_x_row="i32", R="*bf16", stride_r_row="i32", W="*bf16", Y="*bf16",
+                           RES_OUT="*bf16", RSTD="*fp32", N="i32", eps="fp32", offset="fp32"),
+            constexprs=dict(consts, CASTING=0, HAS_RESIDUAL=True, HAS_WEIGHT=True),
+            aligned=["X", "stride_x_row", "R", "stride_r_row", "W", "Y", "RES_OUT", "RSTD", "N"]))
+        specs.append(dict(
+            name="rms_norm_bwd", kernel=rms_norm_bwd_kernel, num_warps=cfg.num_warps,
+            signature=dict(DY="*bf16", stride_dy_row="i32", H="*bf16", stride_h_row="i32", W="*bf16",
+                           RSTD="*fp32", DRES="*bf16", stride_dres_row="i32", DX="*bf16", DW_PARTIAL="*fp32",
+                           M="i32", N="i32", offset="fp32", rows_per_program="i32"),
+            constexprs=dict(consts, HAS_WEIGHT=True, HAS_DRES=True),
+            aligned=["DY", "stride_dy_row", "H", "stride_h_row", "W", "RSTD", "DRES", "stride_dres_row", "DX",
+                     "DW_PARTIAL", "N"]))
+    return specs
