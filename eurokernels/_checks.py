@@ -2,6 +2,12 @@
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The reference backend also takes fp64 (for gradcheck); the kernels are fp32 / bf16 / fp16.
+REFERENCE_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+
+def float_dtypes(backend):
+    return REFERENCE_DTYPES if backend == "reference" else FLOAT_DTYPES
 
 
 def check_tensor(name, t, *, dtypes=FLOAT_DTYPES, min_dim=None, dim=None):

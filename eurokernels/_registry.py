@@ -35,7 +35,7 @@ def lazy(module, attr):
 
 def define_op(name, schema, impls, fake):
     """Declare ``eurokernels::<name>`` with ``schema``; ``impls`` maps backend name -> callable taking the schema's
-    arguments without the trailing backend; ``fake`` computes output metadata for tracing."""
+    arguments without the trailing backend; ``fake`` (same arguments) computes output metadata for tracing."""
     def kernel_for(device_type):
         allowed = DEVICE_BACKENDS[device_type]
 
@@ -51,5 +51,5 @@ def define_op(name, schema, impls, fake):
     op = torch.library.custom_op(f"{NAMESPACE}::{name}", kernel_for("cpu"), mutates_args=(),
                                  device_types="cpu", schema=schema)
     op.register_kernel("cuda", kernel_for("cuda"))
-    op.register_fake(fake)
+    op.register_fake(lambda *args: fake(*args[:-1]))  # output metadata never depends on the backend
     return op

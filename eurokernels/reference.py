@@ -5,6 +5,12 @@ speed: no fusion, no in-place tricks. Each op's exact rounding conventions are s
 """
 import torch
 
+
+def up(t):
+    """``t`` in the math precision: fp32 for fp32/bf16/fp16 inputs, fp64 kept (gradcheck runs in fp64)."""
+    return t if t is None or t.dtype == torch.float64 else t.float()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # RMSNorm
 # ---------------------------------------------------------------------------------------------------------------
@@ -23,19 +29,19 @@ def rms_norm(x, weight=None, eps=1e-6, offset=0.0, residual=None, casting="llama
     where round() rounds to x's dtype.
     """
     dtype = x.dtype
-    h = x if residual is None else (x.float() + residual.float()).to(dtype)
-    hf = h.float()
+    h = x if residual is None else (up(x) + up(residual)).to(dtype)
+    hf = up(h)
     rstd = torch.rsqrt(hf.pow(2).mean(-1) + eps)
-    w = None if weight is None else weight.float() + offset
+    w = None if weight is None else up(weight) + offset
     if casting == "gemma":
         y = hf * rstd[..., None]
         if w is not None:
             y = y * w
     else:
-        r = rstd if casting == "llama" else rstd.to(dtype).float()
-        y = (hf * r[..., None]).to(dtype).float()
+        r = rstd if casting == "llama" else up(rstd.to(dtype))
+        y = up((hf * r[..., None]).to(dtype))
         if w is not None:
-            y = y * w.to(dtype).float()
+            y = y * up(w.to(dtype))
     return y.to(dtype), (None if residual is None else h), rstd
 
 
@@ -46,11 +52,11 @@ def rms_norm_backward(dy, h, weight, rstd, dresidual_out=None, offset=0.0):
     so dh = rstd * (g - nhat * mean(g * nhat)) with g = dy * (offset + w), nhat = h * rstd; dw = sum(dy * nhat).
     ``dresidual_out`` (the gradient flowing into residual_out) is added to dh.
     """
-    hf, dyf = h.float(), dy.float()
+    hf, dyf = up(h), up(dy)
     nhat = hf * rstd[..., None]
-    g = dyf if weight is None else dyf * (weight.float() + offset)
+    g = dyf if weight is None else dyf * (up(weight) + offset)
     dh = rstd[..., None] * (g - nhat * (g * nhat).mean(-1, keepdim=True))
     if dresidual_out is not None:
-        dh = dh + dresidual_out.float()
+        dh = dh + up(dresidual_out)
     dw = None if weight is None else (dyf * nhat).reshape(-1, h.shape[-1]).sum(0).to(weight.dtype)
     return dh.to(h.dtype), dw

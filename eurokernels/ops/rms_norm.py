@@ -32,17 +32,18 @@ def rms_norm(x, weight=None, eps=1e-6, *, offset=0.0, residual=None, casting="ll
         ``y`` (x's shape and dtype), or ``(y, residual_out)`` with ``residual_out = x + residual`` when a residual
         is given. Gradients flow to x, weight and residual (the residual's gradient equals x's).
     """
-    _check(x, weight, eps, offset, residual, casting)
+    _checks.check_tensor("x", x, dtypes=None, min_dim=1)
     backend = _backend.resolve(backend, x)
+    _check(x, weight, eps, offset, residual, casting, _checks.float_dtypes(backend))
     y, residual_out, _ = torch.ops.eurokernels.rms_norm(x, weight, residual, float(eps), float(offset), casting,
                                                         backend)
     return y if residual is None else (y, residual_out)
 
 
-def _check(x, weight, eps, offset, residual, casting):
-    _checks.check_tensor("x", x, min_dim=1)
+def _check(x, weight, eps, offset, residual, casting, dtypes):
+    _checks.check_tensor("x", x, dtypes=dtypes)
     if weight is not None:
-        _checks.check_tensor("weight", weight, dim=1)
+        _checks.check_tensor("weight", weight, dtypes=dtypes, dim=1)
         _checks.check_same_device("weight", weight, "x", x)
         if weight.shape[0] != x.shape[-1]:
             raise ValueError(f"weight: expected shape ({x.shape[-1]},) to match x's hidden size, "
@@ -50,7 +51,7 @@ def _check(x, weight, eps, offset, residual, casting):
     elif offset != 0.0:
         raise ValueError("offset: only meaningful with a weight (the scale is offset + weight); pass weight")
     if residual is not None:
-        _checks.check_tensor("residual", residual)
+        _checks.check_tensor("residual", residual, dtypes=dtypes)
         _checks.check_same_device("residual", residual, "x", x)
         if residual.shape != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"residual: expected shape {tuple(x.shape)} and dtype {x.dtype} (those of x), "
