@@ -43,6 +43,9 @@ def define_op(name, schema, impls, fake):
             backend = args[-1]
             if backend not in allowed:
                 raise ValueError(f"eurokernels::{name}: backend {backend!r} does not run on {device_type} tensors")
+            if backend not in impls:  # an op may not have every backend yet; say so instead of failing obscurely
+                raise NotImplementedError(f"eurokernels::{name} has no {backend!r} backend; available: "
+                                          f"{', '.join(b for b in impls if b in allowed)}")
             return impls[backend](*args[:-1])
 
         kernel.__name__ = f"{name}_{device_type}"
