@@ -1,0 +1,76 @@
+"""RMSNorm benchmark: eurokernels backends vs the reference in eager mode vs torch.compile(reference).
+
+Shapes: tokens x hidden of EuroLLM / Salamandra / Teuken-class models (hidden 2048, 4096, 6144), bf16.
+Floor: the time to read the same bytes and write a freshly allocated output of the same size (`x.clone()` for the
+forward; for the backward, reading x and dy and writing a fresh dx: `torch.add(x, dy)`); on CPU a fresh output
+pays page faults, which no kernel that allocates its output can avoid.
+Run: `python -m benchmarks.run --ops rms_norm` or `pytest benchmarks/bench_rms_norm.py`.
+"""
+import functools
+
+import pytest
+import torch
+
+import eurokernels as ek
+from eurokernels import reference
+
+from .harness import Case, pytest_benchmark_case
+
+SHAPES = [(t, h) for t in (4096, 8192, 16384) for h in (2048, 4096, 6144)]
+QUICK_SHAPES = [(8192, 4096)]
+
+
+def our_backends(device):
+    if torch.device(device).type == "cuda":
+        return ["triton"] + (["cuda"] if ek._ext.has_cuda_extension() else [])
+    return ["cpu"]
+
+
+@functools.cache
+def _compiled_reference():
+    return torch.compile(lambda x, w: reference.rms_norm(x, w, 1e-6)[0], dynamic=False)
+
+
+def cases(device, quick=False):
+    out = []
+    for tokens, hidden in (QUICK_SHAPES if quick else SHAPES):
+        x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
+        w = torch.rand(hidden, dtype=torch.bfloat16, device=device) + 0.5
+        dy = torch.randn_like(x)
+        elems, label = tokens * hidden, f"{tokens}x{hidden} bf16"
+        eager = lambda x, w: reference.rms_norm(x, w, 1e-6)[0]
+        fwd = {f"eurokernels[{b}]": functools.partial(ek.rms_norm, x, w, backend=b) for b in our_backends(device)}
+        fwd["eager"] = functools.partial(eager, x, w)
+        fwd["compile"] = functools.partial(_compiled_reference(), x, w)
+        fwd["floor"] = x.clone
+        out.append(Case("rms_norm", label, "fwd", fwd, bytes=2 * elems * 2, floor="floor"))
+
+        xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+
+        def fwd_bwd(f):
+            return lambda: torch.autograd.grad(f(xg, wg), (xg, wg), dy)
+
+        both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.rms_norm, backend=b)) for b in our_backends(device)}
+        both["eager"] = fwd_bwd(eager)
+        both["compile"] = fwd_bwd(_compiled_reference())
+        both["floor"] = lambda: (x.clone(), torch.add(x, dy))
+        out.append(Case("rms_norm", label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor"))
+    return out
+
+
+# --- pytest-benchmark: `pytest benchmarks/bench_rms_norm.py` (quick shapes; the CLI covers all) ----------------
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def _cases():
+    return cases(DEVICE, quick=True)
+
+
+def _ids():
+    return [(i, p) for i, c in enumerate(_cases()) for p in c.providers]
+
+
+@pytest.mark.parametrize("index,provider", _ids(), ids=[f"{_cases()[i].mode}-{p}" for i, p in _ids()])
+def test_rms_norm(benchmark, index, provider):
+    pytest_benchmark_case(benchmark, _cases()[index], provider, DEVICE)

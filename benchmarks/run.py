@@ -1,0 +1,45 @@
+"""The main job: run every op benchmark on the default device, print one table, write JSON.
+
+    python -m benchmarks.run [--quick] [--ops rms_norm,...] [--device cpu|cuda] [--out benchmarks/results]
+"""
+import argparse
+import importlib
+import os
+import sys
+import time
+
+import torch
+
+from .harness import format_table, machine, run_case, write_json
+
+OPS = ["rms_norm"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one representative shape per op (a few minutes on CPU)")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {OPS}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = p.parse_args(argv)
+    ops = [o for o in args.ops.split(",") if o]
+    for o in ops:
+        if o not in OPS:
+            p.error(f"--ops: unknown op {o!r}; expected a subset of {OPS}")
+
+    print(f"eurokernels benchmarks on {args.device}: {machine()}", flush=True)
+    t0, rows = time.time(), []
+    for op in ops:
+        module = importlib.import_module(f"benchmarks.bench_{op}")
+        for case in module.cases(args.device, quick=args.quick):
+            rows += run_case(case, args.device,
+                             progress=lambda s: print(f"[{time.time() - t0:6.0f}s] {s}", file=sys.stderr, flush=True))
+    print(format_table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
+    write_json(path, rows, args.device)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
