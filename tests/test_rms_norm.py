@@ -219,6 +219,7 @@ def test_errors():
     w = torch.randn(16)
     cases = [
         (dict(x=x.int()), TypeError, "x: expected dtype"),
+        (dict(x=torch.randn(3, 0)), ValueError, "x: expected a hidden size"),
         (dict(x=x, weight=torch.randn(15)), ValueError, "weight: expected shape"),
         (dict(x=x, weight=w.to("meta")), ValueError, "weight: expected a tensor on cpu"),
         (dict(x=x, weight=w, residual=torch.randn(4, 15)), ValueError, "residual: expected shape"),

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_alloc.h"
 #include "cpu_vec.h"
 #include "rms_norm/rms_norm.h"
 #include "rms_norm/rms_norm_common.h"
@@ -161,8 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, 
   if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == n, "weight must be [", n, "]");
   TORCH_CHECK(casting >= kLlama && casting <= kNone, "unknown casting mode ", casting);
 
-  at::Tensor y = at::empty({rows, n}, x.options());
-  at::Tensor res_out = residual ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
+  at::Tensor y = cpu::empty_output({rows, n}, x.options());
+  at::Tensor res_out = residual ? cpu::empty_output({rows, n}, x.options()) : at::empty({0}, x.options());
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0 || n == 0) return {y, res_out, rstd.fill_(1.f / std::sqrt(static_cast<float>(eps)))};
 
@@ -203,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& dy, const at::
   TORCH_CHECK(rstd.numel() == rows, "rstd must have ", rows, " elements");
   if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == n, "weight must be [", n, "]");
 
-  at::Tensor dx = at::empty({rows, n}, h.options());
+  at::Tensor dx = cpu::empty_output({rows, n}, h.options());
   // dw: fp32 partial sums over a fixed number of row chunks (independent of the thread count, so the result is
   // bitwise deterministic for a given shape), then summed in chunk order.
   const int64_t chunks = weight ? std::min<int64_t>(std::max<int64_t>(rows, 1), 32) : 0;

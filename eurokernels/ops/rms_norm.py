@@ -42,6 +42,8 @@ def rms_norm(x, weight=None, eps=1e-6, *, offset=0.0, residual=None, casting="ll
 
 def _check(x, weight, eps, offset, residual, casting, dtypes):
     _checks.check_tensor("x", x, dtypes=dtypes)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x: expected a hidden size (last dimension) >= 1, got shape {tuple(x.shape)}")
     if weight is not None:
         _checks.check_tensor("weight", weight, dtypes=dtypes, dim=1)
         _checks.check_same_device("weight", weight, "x", x)
