@@ -1,4 +1,4 @@
-"""The main job: run every op benchmark on the default device, print one table, write JSON.
+"""The main job: run every op benchmark on the default device; print one table, write JSON and PNG plots.
 
     python -m benchmarks.run [--quick] [--ops rms_norm,...] [--device cpu|cuda] [--out benchmarks/results]
 """
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from .harness import format_table, machine, run_case, write_json
+from .harness import format_table, machine, run_case, write_json, write_plots
 
 OPS = ["rms_norm"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
 
@@ -39,6 +39,8 @@ def main(argv=None):
     path = os.path.join(args.out, "results.json")
     write_json(path, rows, args.device)
     print(f"\nwrote {path}")
+    for png in write_plots(rows, args.out):
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":
