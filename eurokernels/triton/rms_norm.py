@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import all_row_configs, persistent_programs, row_alignment, row_config
+from . import RowConfig, all_row_configs, persistent_programs, row_alignment, row_config
 from ._common import cast_to, round_to
 
 
@@ -172,23 +172,35 @@ def forward(x, weight, residual, eps, offset, casting):
     return y, res_out, rstd
 
 
+# The looping backward on rows that are not 16-byte aligned (hidden > 8192, not a multiple of 8) makes 16-bit
+# accesses, one address per element: at BLOCK_N 8192 it needs 128+ VGPRs and spills on MI300X (gfx942), whose 16
+# waves of 64 leave 128 per thread. Half the block needs about 65 registers on every target (eurokernels.inspect).
+_BWD_LOOP_UNALIGNED = RowConfig(block_n=4096, num_warps=16, single_block=False)
+
+
+def _bwd_config(cfg, align):
+    """The backward's launch configuration: row_config's, but for _BWD_LOOP_UNALIGNED."""
+    return _BWD_LOOP_UNALIGNED if not cfg.single_block and align == 1 else cfg
+
+
 def backward(dy, h, weight, rstd, dresidual_out, offset):
     """dy, h, dresidual_out: [M, N] with unit stride along N; rstd: [M] fp32. Returns (dx, dw or empty)."""
     M, N = h.shape
     dx = torch.empty((M, N), dtype=h.dtype, device=h.device)
     if N == 0 or M == 0:
         return dx, (torch.zeros_like(weight) if weight is not None else h.new_empty(0))
-    cfg = row_config(N)
+    d = dresidual_out if dresidual_out is not None else dy
+    align = row_alignment(h.element_size(), N, dy.stride(0), h.stride(0), d.stride(0))
+    cfg = _bwd_config(row_config(N), align)
     programs = persistent_programs(h.device, M)
     alloc = torch.empty if cfg.single_block else torch.zeros  # the looping variant accumulates into its row
     partial = alloc((programs, N) if weight is not None else (0,), dtype=torch.float32, device=h.device)
-    d = dresidual_out if dresidual_out is not None else dy
     rms_norm_bwd_kernel[(programs,)](
         dy, dy.stride(0), h, h.stride(0), weight if weight is not None else h, rstd, d, d.stride(0), dx,
         partial, M, N, offset, triton.cdiv(M, programs),
         BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, HAS_WEIGHT=weight is not None,
         HAS_DRES=dresidual_out is not None,
-        ALIGN=row_alignment(h.element_size(), N, dy.stride(0), h.stride(0), d.stride(0)), num_warps=cfg.num_warps)
+        ALIGN=align, num_warps=cfg.num_warps)
     dw = partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
     return dx, dw
 
@@ -221,11 +233,14 @@ def aot_specs():
                 constexprs=dict(consts, CASTING=0, HAS_RESIDUAL=True, HAS_WEIGHT=True, ALIGN=align),
                 aligned=["X", "R", "W", "Y", "RES_OUT", "RSTD"] + ints))
             ints = ["stride_dy_row", "stride_h_row", "stride_dres_row", "N"] if ints_div16 else []
+            bwd = _bwd_config(cfg, align)
+            common.update(num_warps=bwd.num_warps, block=bwd.block_n)
             specs.append(dict(
                 common, name="rms_norm_bwd", kernel=rms_norm_bwd_kernel,
                 signature=dict(DY="*bf16", stride_dy_row="i32", H="*bf16", stride_h_row="i32", W="*bf16",
                                RSTD="*fp32", DRES="*bf16", stride_dres_row="i32", DX="*bf16",
                                DW_PARTIAL="*fp32", M="i32", N="i32", offset="fp32", rows_per_program="i32"),
-                constexprs=dict(consts, HAS_WEIGHT=True, HAS_DRES=True, ALIGN=align),
+                constexprs=dict(BLOCK_N=bwd.block_n, SINGLE_BLOCK=bwd.single_block, HAS_WEIGHT=True, HAS_DRES=True,
+                                ALIGN=align),
                 aligned=["DY", "H", "W", "RSTD", "DRES", "DX", "DW_PARTIAL"] + ints))
     return specs
