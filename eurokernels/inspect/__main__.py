@@ -17,6 +17,17 @@ COLUMNS = [  # header, row key, formatter
 ]
 
 
+LEGEND = """\
+regs     registers per thread (VGPRs on AMD; agprs: AMD accumulation registers)
+spills   bytes spilled per thread: NVIDIA local memory (cuobjdump LOCAL), AMD scratch (ScratchSize)
+shared   shared memory / LDS bytes per block (CUDA C++ kernels: static only; dynamic is chosen at launch)
+occ      AMD waves per SIMD as the compiler reports it
+ld/st_bits  widest global load / store per thread in the machine code (SASS LDG/STG, amdgcn global/buffer)
+mma      matrix instructions: HMMA/HGMMA on NVIDIA, v_mfma on AMD
+config   Triton constexprs, warps, and the alignment case (div16: hidden and strides multiples of 16 elements;
+         div8: multiples of 8 only; odd: neither)"""
+
+
 def _fmt(v):
     return "-" if v is None else str(v)
 
@@ -44,9 +55,7 @@ def table(result):
                 lines.append("  ".join(x.rjust(w) if i >= 3 else x.ljust(w) for i, (x, w) in enumerate(zip(c, widths))))
     if result["cuda_extension"] is None:
         lines += ["", "CUDA C++ kernels: extension eurokernels/_cuda*.so not built (build with nvcc on PATH)"]
-    lines += ["", "regs: registers per thread (VGPRs on AMD); spills: NVIDIA local memory / AMD scratch bytes; "
-              "shared: bytes per block (LDS on AMD; CUDA C++: static only); occ: AMD waves per SIMD; "
-              "ld/st_bits: widest global load/store per thread; mma: HMMA/HGMMA/MFMA instructions"]
+    lines += ["", LEGEND]
     return "\n".join(lines)
 
 

@@ -11,8 +11,10 @@ triton, so the tool gives real compiles even when called from a process that run
 import collections
 import fnmatch
 import glob
+import hashlib
 import importlib
 import importlib.util
+import json
 import multiprocessing
 import os
 import re
@@ -141,8 +143,37 @@ def split_sass(text):
     return out
 
 
+# Disassembly (~1 s a cubin) dominates a run once Triton's cache holds the compiles, so summaries are cached by the
+# cubin's hash (identical cubins, e.g. the JIT's div-16 and the launcher's ALIGN variants, are read once).
+_CACHE_VERSION = b"eurokernels-inspect-1"
+
+
+def cache_dir():
+    return Path(os.environ.get("EUROKERNELS_INSPECT_CACHE", Path.home() / ".cache" / "eurokernels" / "inspect"))
+
+
 def inspect_cubin_bytes(cubin):
-    """Resource usage and SASS summary of a single-kernel cubin (as Triton produces)."""
+    """Resource usage and SASS summary of a single-kernel cubin (as Triton produces), cached by its hash."""
+    path = cache_dir() / (hashlib.sha256(_CACHE_VERSION + cubin).hexdigest() + ".json")
+    try:
+        info = json.loads(path.read_text())
+        for key in ("loads", "stores"):
+            info[key] = {int(b): n for b, n in info[key].items()}
+        return info
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    info = _inspect_cubin(cubin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # atomic: concurrent workers never read a partial file
+    except OSError:
+        pass  # a read-only home only costs speed
+    return info
+
+
+def _inspect_cubin(cubin):
     cuobjdump = cuda_bin("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
