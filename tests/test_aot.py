@@ -131,7 +131,8 @@ def test_parsers_on_known_text():
 
 
 def test_cuda_cubins_have_no_spills(inspection):
-    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0."""
+    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0, static
+    shared memory within 48 KB."""
     if inspection["cuda_extension"] is None:
         if shutil.which("nvcc") or os.environ.get("CUDA_HOME"):
             pytest.fail("nvcc is available but the CUDA extension eurokernels/_cuda*.so is not built: build it "

@@ -41,6 +41,7 @@ TARGETS = {
 # capability table (163 KB on sm_80, 227 KB on sm_90); 64 KB of LDS per workgroup on CDNA2 (gfx90a) and CDNA3
 # (gfx942).
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024, "gfx90a": 64 * 1024, "gfx942": 64 * 1024}
+STATIC_SHARED_LIMIT = 48 * 1024  # statically declared __shared__ per block, every NVIDIA arch (CUDA C++ kernels)
 
 CUDA_ARCHS = ("sm_80", "sm_90")  # the archs the CUDA C++ extension is built for by default (setup.py)
 
@@ -366,7 +367,7 @@ def cuda_rows(so_path, targets=CUDA_ARCHS, pattern="*"):
         loads, stores, mma = parse_sass(sass.get((arch, func), ""))
         rows.append(dict(source="cuda", kernel=kernel, config=config, target=arch, module=os.path.basename(so_path),
                          mangled=func, registers=res["registers"], agprs=None, spills=res["local"],
-                         stack=res["stack"], shared=res["shared_static"], shared_limit=SHARED_LIMIT.get(arch),
+                         stack=res["stack"], shared=res["shared_static"], shared_limit=STATIC_SHARED_LIMIT,
                          occupancy=None, loads=loads, stores=stores, mma=mma, load_bits=_widest(loads),
                          store_bits=_widest(stores), mma_count=sum(mma.values()),
                          has_sass=(arch, func) in sass, error=None))
