@@ -36,6 +36,14 @@ def all_row_configs():
     return configs + [row_config(MAX_BLOCK_N + 1)]
 
 
+def row_alignment(element_size, *extents):
+    """ALIGN for a row-wise kernel: the elements in 16 bytes when every row length and row stride in `extents`
+    is a multiple of it (each row then starts 16-byte aligned, so 128-bit accesses are possible), else 1. It only
+    states integer divisibility the launcher has checked, so it is always true; pointer alignment is the JIT's."""
+    vec = max(1, 16 // element_size)
+    return vec if all(e % vec == 0 for e in extents) else 1
+
+
 @functools.cache
 def _sm_count(index):
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import all_row_configs, persistent_programs, row_config
+from . import RowConfig, all_row_configs, persistent_programs, row_alignment, row_config
 from ._common import cast_to, round_to
 
 
@@ -34,8 +34,15 @@ def rms_norm_fwd_kernel(
     RSTD,             # [M] fp32: 1 / rms, saved for the backward
     N, eps, offset,
     BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, CASTING: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, ALIGN: tl.constexpr,
 ):
+    # ALIGN > 1: N and the row strides are multiples of ALIGN elements (16 bytes; see row_alignment). The JIT
+    # only tells the compiler so when they are multiples of 16; for e.g. N = 4104 in bf16, `// ALIGN * ALIGN`
+    # (the identity on such values) lets it prove the divisibility itself: 128-bit accesses instead of 16-bit.
+    if ALIGN > 1:
+        N = N // ALIGN * ALIGN
+        stride_x_row = stride_x_row // ALIGN * ALIGN
+        stride_r_row = stride_r_row // ALIGN * ALIGN
     # One program per row. int64 row offsets: rows * N can pass 2^31.
     row = tl.program_id(0).to(tl.int64)
     X += row * stride_x_row
@@ -85,7 +92,13 @@ def rms_norm_bwd_kernel(
     DW_PARTIAL,             # [programs, N] fp32: this program's share of dw (HAS_WEIGHT)
     M, N, offset, rows_per_program,
     BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_DRES: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
+    if ALIGN > 1:  # as in the forward: N and row strides are multiples of ALIGN elements
+        N = N // ALIGN * ALIGN
+        stride_dy_row = stride_dy_row // ALIGN * ALIGN
+        stride_h_row = stride_h_row // ALIGN * ALIGN
+        stride_dres_row = stride_dres_row // ALIGN * ALIGN
     # dx = rstd * (g - nhat * mean(g * nhat)), g = dy * (offset + w), nhat = h * rstd; dw = sum_rows(dy * nhat).
     # Each program owns a contiguous chunk of rows and one row of DW_PARTIAL: no atomics, deterministic dw.
     pid = tl.program_id(0).to(tl.int64)  # int64 rows: row offsets below are rows * stride
@@ -154,8 +167,20 @@ def forward(x, weight, residual, eps, offset, casting):
         x, x.stride(0), r, r.stride(0), weight if weight is not None else x, y,
         res_out if residual is not None else y, rstd, N, eps, offset,
         BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, CASTING=casting,
-        HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, num_warps=cfg.num_warps)
+        HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+        ALIGN=row_alignment(x.element_size(), N, x.stride(0), r.stride(0)), num_warps=cfg.num_warps)
     return y, res_out, rstd
+
+
+# The looping backward on rows that are not 16-byte aligned (hidden > 8192, not a multiple of 8) makes 16-bit
+# accesses, one address per element: at BLOCK_N 8192 it needs 128+ VGPRs and spills on MI300X (gfx942), whose 16
+# waves of 64 leave 128 per thread. Half the block needs about 65 registers on every target (eurokernels.inspect).
+_BWD_LOOP_UNALIGNED = RowConfig(block_n=4096, num_warps=16, single_block=False)
+
+
+def _bwd_config(cfg, align):
+    """The backward's launch configuration: row_config's, but for _BWD_LOOP_UNALIGNED."""
+    return _BWD_LOOP_UNALIGNED if not cfg.single_block and align == 1 else cfg
 
 
 def backward(dy, h, weight, rstd, dresidual_out, offset):
@@ -164,39 +189,58 @@ def backward(dy, h, weight, rstd, dresidual_out, offset):
     dx = torch.empty((M, N), dtype=h.dtype, device=h.device)
     if N == 0 or M == 0:
         return dx, (torch.zeros_like(weight) if weight is not None else h.new_empty(0))
-    cfg = row_config(N)
+    d = dresidual_out if dresidual_out is not None else dy
+    align = row_alignment(h.element_size(), N, dy.stride(0), h.stride(0), d.stride(0))
+    cfg = _bwd_config(row_config(N), align)
     programs = persistent_programs(h.device, M)
     alloc = torch.empty if cfg.single_block else torch.zeros  # the looping variant accumulates into its row
     partial = alloc((programs, N) if weight is not None else (0,), dtype=torch.float32, device=h.device)
-    d = dresidual_out if dresidual_out is not None else dy
     rms_norm_bwd_kernel[(programs,)](
         dy, dy.stride(0), h, h.stride(0), weight if weight is not None else h, rstd, d, d.stride(0), dx,
         partial, M, N, offset, triton.cdiv(M, programs),
         BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, HAS_WEIGHT=weight is not None,
-        HAS_DRES=dresidual_out is not None, num_warps=cfg.num_warps)
+        HAS_DRES=dresidual_out is not None,
+        ALIGN=align, num_warps=cfg.num_warps)
     dw = partial.sum(0).to(weight.dtype) if weight is not None else h.new_empty(0)
     return dx, dw
 
 
+# The alignment cases the JIT and the launchers produce, as (variant, integer args the JIT marks divisible by 16,
+# ALIGN). Base pointers are 16-byte aligned in all three, as torch allocations are.
+_ALIGNMENT_CASES = [
+    ("div16", True, 8),   # hidden and row strides multiples of 16 elements, e.g. 4096
+    ("div8", False, 8),   # multiples of 8 only, e.g. 4104: only ALIGN tells the compiler
+    ("odd", False, 1),    # e.g. 4097: narrow accesses (the AOT test's negative control)
+]
+
+
 def aot_specs():
     """Every kernel x launch configuration the launchers can pick, for the AOT checks (eurokernels/inspect).
-    Each is compiled with the heaviest flags (residual, weight) at bf16, with the alignment the JIT assumes for a
-    hidden size that is a multiple of 16 elements."""
+    Each is compiled with the heaviest flags (residual, weight) at bf16, in each case of _ALIGNMENT_CASES.
+    `memory_bound` kernels must issue 128-bit global accesses when `rows_aligned` and a thread holds at least
+    16 bytes of a `block`-element row tile (tests/test_aot.py)."""
     specs = []
     for cfg in all_row_configs():
         consts = dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block)
-        specs.append(dict(
-            name="rms_norm_fwd", kernel=rms_norm_fwd_kernel, num_warps=cfg.num_warps,
-            signature=dict(X="*bf16", stride_x_row="i32", R="*bf16", stride_r_row="i32", W="*bf16", Y="*bf16",
-                           RES_OUT="*bf16", RSTD="*fp32", N="i32", eps="fp32", offset="fp32"),
-            constexprs=dict(consts, CASTING=0, HAS_RESIDUAL=True, HAS_WEIGHT=True),
-            aligned=["X", "stride_x_row", "R", "stride_r_row", "W", "Y", "RES_OUT", "RSTD", "N"]))
-        specs.append(dict(
-            name="rms_norm_bwd", kernel=rms_norm_bwd_kernel, num_warps=cfg.num_warps,
-            signature=dict(DY="*bf16", stride_dy_row="i32", H="*bf16", stride_h_row="i32", W="*bf16",
-                           RSTD="*fp32", DRES="*bf16", stride_dres_row="i32", DX="*bf16", DW_PARTIAL="*fp32",
-                           M="i32", N="i32", offset="fp32", rows_per_program="i32"),
-            constexprs=dict(consts, HAS_WEIGHT=True, HAS_DRES=True),
-            aligned=["DY", "stride_dy_row", "H", "stride_h_row", "W", "RSTD", "DRES", "stride_dres_row", "DX",
-                     "DW_PARTIAL", "N"]))
+        for variant, ints_div16, align in _ALIGNMENT_CASES:
+            common = dict(num_warps=cfg.num_warps, variant=variant, memory_bound=True, rows_aligned=align > 1,
+                          block=cfg.block_n)
+            ints = ["stride_x_row", "stride_r_row", "N"] if ints_div16 else []
+            specs.append(dict(
+                common, name="rms_norm_fwd", kernel=rms_norm_fwd_kernel,
+                signature=dict(X="*bf16", stride_x_row="i32", R="*bf16", stride_r_row="i32", W="*bf16",
+                               Y="*bf16", RES_OUT="*bf16", RSTD="*fp32", N="i32", eps="fp32", offset="fp32"),
+                constexprs=dict(consts, CASTING=0, HAS_RESIDUAL=True, HAS_WEIGHT=True, ALIGN=align),
+                aligned=["X", "R", "W", "Y", "RES_OUT", "RSTD"] + ints))
+            ints = ["stride_dy_row", "stride_h_row", "stride_dres_row", "N"] if ints_div16 else []
+            bwd = _bwd_config(cfg, align)
+            common.update(num_warps=bwd.num_warps, block=bwd.block_n)
+            specs.append(dict(
+                common, name="rms_norm_bwd", kernel=rms_norm_bwd_kernel,
+                signature=dict(DY="*bf16", stride_dy_row="i32", H="*bf16", stride_h_row="i32", W="*bf16",
+                               RSTD="*fp32", DRES="*bf16", stride_dres_row="i32", DX="*bf16",
+                               DW_PARTIAL="*fp32", M="i32", N="i32", offset="fp32", rows_per_program="i32"),
+                constexprs=dict(BLOCK_N=bwd.block_n, SINGLE_BLOCK=bwd.single_block, HAS_WEIGHT=True, HAS_DRES=True,
+                                ALIGN=align),
+                aligned=["DY", "H", "W", "RSTD", "DRES", "DX", "DW_PARTIAL"] + ints))
     return specs

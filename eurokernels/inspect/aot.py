@@ -1,0 +1,374 @@
+"""Ahead-of-time compile of every Triton kernel configuration, and parsing of the machine code it produces.
+
+No GPU is needed: Triton compiles for a named target (`GPUTarget`) and the machine code is read back as text --
+SASS through the `cuobjdump` that Triton ships, amdgcn assembly as Triton emits it. The same parsers read the
+CUDA C++ cubins embedded in the built extension (eurokernels/_cuda*.so).
+
+Compiles run in worker processes started with "spawn": each worker drops TRITON_INTERPRET before it imports
+triton, so the tool gives real compiles even when called from a process that runs Triton under the interpreter
+(the test suite). This module imports neither torch nor triton at import time for the same reason.
+"""
+import collections
+import fnmatch
+import glob
+import hashlib
+import importlib
+import importlib.util
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# The modules whose `aot_specs()` list the Triton kernels to check. Each op adds its module here.
+SPEC_MODULES = [
+    "eurokernels.triton.rms_norm",
+]
+
+# The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.
+TARGETS = {
+    "sm_80": ("cuda", 80, 32),
+    "sm_90": ("cuda", 90, 32),
+    "gfx90a": ("hip", "gfx90a", 64),
+    "gfx942": ("hip", "gfx942", 64),
+}
+
+# Shared memory one block / workgroup may use, in bytes (static + dynamic): CUDA C Programming Guide, compute
+# capability table (163 KB on sm_80, 227 KB on sm_90); 64 KB of LDS per workgroup on CDNA2 (gfx90a) and CDNA3
+# (gfx942).
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024, "gfx90a": 64 * 1024, "gfx942": 64 * 1024}
+STATIC_SHARED_LIMIT = 48 * 1024  # statically declared __shared__ per block, every NVIDIA arch (CUDA C++ kernels)
+
+CUDA_ARCHS = ("sm_80", "sm_90")  # the archs the CUDA C++ extension is built for by default (setup.py)
+
+
+def warp_size(target):
+    return TARGETS[target][2]
+
+
+# ---------------------------------------------------------------------------------------------- SASS (NVIDIA)
+
+def cuda_bin(tool):
+    """Path of a CUDA binary tool (cuobjdump): the copy Triton ships, else one on PATH."""
+    spec = importlib.util.find_spec("triton")  # locate without importing triton
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "backends" / "nvidia" / "bin" / tool
+        if path.exists():
+            return str(path)
+    found = shutil.which(tool)
+    if found is None:
+        raise FileNotFoundError(f"{tool} not found (neither in triton/backends/nvidia/bin nor on PATH)")
+    return found
+
+
+def _run(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[:2000]}")
+    return res.stdout
+
+
+_SASS_WIDTH = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128, "256": 256}
+_SASS_MMA = ("HMMA", "HGMMA", "IMMA", "IGMMA", "QGMMA", "OMMA", "UTCHMMA", "UTCQMMA", "UTCIMMA", "DMMA")
+_SASS_INSN = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
+
+
+def sass_access_bits(opcode):
+    """Bits moved per thread by an LDG/STG opcode: `LDG.E.128` -> 128, `LDG.E.U16` -> 16, `LDG.E` -> 32.
+    Modifiers are matched whole, so cache hints such as `LTC128B` are not mistaken for a width."""
+    bits = 32
+    for mod in opcode.split(".")[1:]:
+        bits = _SASS_WIDTH.get(mod, bits)
+    return bits
+
+
+def parse_sass(text):
+    """SASS of one function -> global load/store width histograms {bits: count} and matrix-instruction counts."""
+    loads, stores, mma = collections.Counter(), collections.Counter(), collections.Counter()
+    for opcode in _SASS_INSN.findall(text):
+        base = opcode.split(".")[0]
+        if base == "LDG":
+            loads[sass_access_bits(opcode)] += 1
+        elif base == "STG":
+            stores[sass_access_bits(opcode)] += 1
+        elif base in _SASS_MMA:
+            mma[base] += 1
+    return dict(loads), dict(stores), dict(mma)
+
+
+_RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def parse_resource_usage(text):
+    """`cuobjdump --dump-resource-usage` -> {(arch, mangled function): {registers, stack, shared_static, local}}."""
+    out, arch, func = {}, None, None
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("arch = "):
+            arch = s.split("=", 1)[1].strip()
+        elif s.startswith("Function ") and s.endswith(":"):
+            func = s[len("Function "):-1]
+        else:
+            m = _RESOURCE.search(s)
+            if m and func is not None:
+                reg, stack, shared, local = map(int, m.groups())
+                out[(arch, func)] = dict(registers=reg, stack=stack, shared_static=shared, local=local)
+                func = None
+    return out
+
+
+def split_sass(text):
+    """`cuobjdump -sass` of a cubin or fatbin -> {(arch, mangled function): SASS text}."""
+    out, arch, func, lines = {}, None, None, []
+
+    def flush():
+        if func is not None:
+            out[(arch, func)] = "\n".join(lines)
+
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("arch = ") or s.startswith("code for sm_"):
+            flush()
+            func, lines = None, []
+            arch = s.split("=", 1)[1].strip() if s.startswith("arch") else s[len("code for "):]
+        elif s.startswith("Function : "):
+            flush()
+            func, lines = s[len("Function : "):], []
+        elif func is not None:
+            lines.append(line)
+    flush()
+    return out
+
+
+# Disassembly (~1 s a cubin) dominates a run once Triton's cache holds the compiles, so summaries are cached by the
+# cubin's hash (identical cubins, e.g. the JIT's div-16 and the launcher's ALIGN variants, are read once).
+_CACHE_VERSION = b"eurokernels-inspect-1"
+
+
+def cache_dir():
+    return Path(os.environ.get("EUROKERNELS_INSPECT_CACHE", Path.home() / ".cache" / "eurokernels" / "inspect"))
+
+
+def inspect_cubin_bytes(cubin):
+    """Resource usage and SASS summary of a single-kernel cubin (as Triton produces), cached by its hash."""
+    path = cache_dir() / (hashlib.sha256(_CACHE_VERSION + cubin).hexdigest() + ".json")
+    try:
+        info = json.loads(path.read_text())
+        for key in ("loads", "stores"):
+            info[key] = {int(b): n for b, n in info[key].items()}
+        return info
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    info = _inspect_cubin(cubin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # atomic: concurrent workers never read a partial file
+    except OSError:
+        pass  # a read-only home only costs speed
+    return info
+
+
+def _inspect_cubin(cubin):
+    cuobjdump = cuda_bin("cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        usage = parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", path]))
+        sass = split_sass(_run([cuobjdump, "-sass", path]))
+    if len(usage) != 1 or len(sass) != 1:
+        raise RuntimeError(f"expected one function in the cubin, got {sorted(usage)} / {sorted(sass)}")
+    (res,), (text,) = usage.values(), sass.values()
+    loads, stores, mma = parse_sass(text)
+    return dict(res, loads=loads, stores=stores, mma=mma)
+
+
+# -------------------------------------------------------------------------------------------- amdgcn (AMD)
+
+_AMD_WIDTH = {"ubyte": 8, "sbyte": 8, "byte": 8, "ushort": 16, "sshort": 16, "short": 16, "dword": 32,
+              "dwordx2": 64, "dwordx3": 96, "dwordx4": 128, "b8": 8, "u8": 8, "i8": 8, "b16": 16, "u16": 16,
+              "i16": 16, "b32": 32, "b64": 64, "b96": 96, "b128": 128}
+_AMD_MEM = re.compile(r"^\s*(global|buffer)_(load|store)_(?:lds_)?([a-z0-9]+)", re.M)
+_AMD_MMA = re.compile(r"^\s*(v_mfma_\w+|v_smfmac_\w+|v_wmma_\w+)", re.M)
+_AMD_META = {"NumVgprs": "registers", "NumAgprs": "agprs", "ScratchSize": "scratch", "Occupancy": "occupancy",
+             "LDSByteSize": "lds_static", "NumSgprs": "sgprs"}
+
+
+def parse_amdgcn(text):
+    """amdgcn assembly of one kernel -> the compiler's resource comments, load/store widths and MFMA counts.
+    `global_load_dwordx4` / `buffer_load_dwordx4` move 128 bits, `*_ushort` / `*_short_d16` 16 bits."""
+    out = {}
+    for key, name in _AMD_META.items():
+        m = re.search(rf"^\s*;\s*{key}:\s*(\d+)", text, re.M)
+        out[name] = int(m.group(1)) if m else None
+    loads, stores = collections.Counter(), collections.Counter()
+    for _, kind, width in _AMD_MEM.findall(text):
+        bits = _AMD_WIDTH.get(width)
+        if bits is None:
+            raise ValueError(f"unknown amdgcn memory access width {width!r}")
+        (loads if kind == "load" else stores)[bits] += 1
+    mma = collections.Counter(m.split("_")[0] + "_" + m.split("_")[1] for m in _AMD_MMA.findall(text))
+    out.update(loads=dict(loads), stores=dict(stores), mma=dict(mma))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Triton specs
+
+def _spec_meta(module, index, spec):
+    """The picklable description of a spec (the kernel object itself stays in the worker)."""
+    return dict(module=module, index=index, name=spec["name"], num_warps=spec["num_warps"],
+                constexprs=dict(spec.get("constexprs", {})), aligned=list(spec.get("aligned", [])),
+                memory_bound=bool(spec.get("memory_bound", False)),
+                rows_aligned=spec.get("rows_aligned"), block=spec.get("block"),
+                variant=spec.get("variant", ""))
+
+
+def _worker_init():
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def list_specs(modules):
+    """Every spec of every module, as picklable descriptions. Runs in a worker (imports triton)."""
+    metas = []
+    for module in modules:
+        for i, spec in enumerate(importlib.import_module(module).aot_specs()):
+            metas.append(_spec_meta(module, i, spec))
+    return metas
+
+
+def compile_spec(module, index, target):
+    """Compile spec `index` of `module` for `target` and summarize its machine code. Runs in a worker."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    spec = importlib.import_module(module).aot_specs()[index]
+    kernel = spec["kernel"]
+    constexprs = dict(spec.get("constexprs", {}))
+    signature = dict(spec["signature"])
+    signature.update({k: "constexpr" for k in constexprs})
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("aligned", [])}
+    backend, arch, warp = TARGETS[target]
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget(backend, arch, warp), options={"num_warps": spec["num_warps"]})
+    shared = int(compiled.metadata.shared)  # dynamic shared memory / LDS the launch requests
+    if backend == "cuda":
+        info = inspect_cubin_bytes(compiled.asm["cubin"])
+        return dict(registers=info["registers"], agprs=None, spills=info["local"], stack=info["stack"],
+                    shared=shared + info["shared_static"], occupancy=None,
+                    loads=info["loads"], stores=info["stores"], mma=info["mma"])
+    info = parse_amdgcn(compiled.asm["amdgcn"])
+    return dict(registers=info["registers"], agprs=info["agprs"], spills=info["scratch"], stack=None,
+                shared=max(shared, info["lds_static"] or 0), occupancy=info["occupancy"],
+                loads=info["loads"], stores=info["stores"], mma=info["mma"])
+
+
+def _widest(hist):
+    return max((int(b) for b in hist), default=None)
+
+
+def _config_text(meta):
+    parts = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in meta["constexprs"].items()]
+    parts.append(f"warps={meta['num_warps']}")
+    if meta["variant"]:
+        parts.append(meta["variant"])
+    return " ".join(parts)
+
+
+def _row(meta, target, result=None, error=None):
+    row = dict(source="triton", kernel=meta["name"], config=_config_text(meta), target=target,
+               module=meta["module"], constexprs=meta["constexprs"], num_warps=meta["num_warps"],
+               aligned=meta["aligned"], variant=meta["variant"], memory_bound=meta["memory_bound"],
+               rows_aligned=meta["rows_aligned"], block=meta["block"], warp_size=warp_size(target),
+               shared_limit=SHARED_LIMIT[target], error=error)
+    for key in ("registers", "agprs", "spills", "stack", "shared", "occupancy", "loads", "stores", "mma"):
+        row[key] = None if result is None else result[key]
+    row["load_bits"] = _widest(row["loads"] or {})
+    row["store_bits"] = _widest(row["stores"] or {})
+    row["mma_count"] = None if result is None else sum(row["mma"].values())
+    return row
+
+
+def triton_rows(targets, pattern="*", modules=None, workers=2):
+    """Compile every spec matching `pattern` (fnmatch on the kernel name) for every target. A failed compile gives
+    a row with `error` set instead of raising, so one broken kernel does not hide the others."""
+    modules = SPEC_MODULES if modules is None else modules
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        metas = [m for m in pool.submit(list_specs, modules).result() if fnmatch.fnmatch(m["name"], pattern)]
+        jobs = [(m, t, pool.submit(compile_spec, m["module"], m["index"], t)) for m in metas for t in targets]
+        rows = []
+        for meta, target, fut in jobs:
+            try:
+                rows.append(_row(meta, target, fut.result()))
+            except Exception as e:  # noqa: BLE001 -- reported in the row
+                rows.append(_row(meta, target, error=f"{type(e).__name__}: {e}"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ CUDA C++ extension
+
+def find_cuda_extension():
+    """Path of the built CUDA extension eurokernels/_cuda*.so next to this package, or None."""
+    pkg = Path(__file__).resolve().parent.parent
+    found = sorted(glob.glob(str(pkg / "_cuda*.so")))
+    return found[0] if found else None
+
+
+def _demangle(names):
+    cxxfilt = shutil.which("c++filt")
+    if cxxfilt is None or not names:
+        return {n: n for n in names}
+    res = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True)
+    out = res.stdout.splitlines()
+    return dict(zip(names, out)) if res.returncode == 0 and len(out) == len(names) else {n: n for n in names}
+
+
+def _split_cxx_name(demangled):
+    """'void eurokernels::rms_norm::(anonymous namespace)::k<float, 2>(Params)' -> ('rms_norm::k', '<float, 2>')."""
+    name = demangled
+    if name.startswith("void "):
+        name = name[5:]
+    depth, cut = 0, len(name)
+    for i, ch in enumerate(name):  # drop the parameter list: the first '(' outside template brackets
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0 and not name.startswith("(anonymous", i):
+            cut = i
+            break
+    name = name[:cut].replace("(anonymous namespace)::", "")
+    if name.startswith("eurokernels::"):
+        name = name[len("eurokernels::"):]
+    lt = name.find("<")
+    return (name, "") if lt < 0 else (name[:lt], name[lt:])
+
+
+def cuda_rows(so_path, targets=CUDA_ARCHS, pattern="*"):
+    """One row per kernel function and arch in the extension's embedded cubins."""
+    cuobjdump = cuda_bin("cuobjdump")
+    usage = parse_resource_usage(_run([cuobjdump, "--dump-resource-usage", so_path]))
+    sass = split_sass(_run([cuobjdump, "-sass", so_path]))
+    names = _demangle(sorted({f for _, f in usage}))
+    rows = []
+    for (arch, func), res in sorted(usage.items()):
+        if arch not in targets:
+            continue
+        kernel, config = _split_cxx_name(names[func])
+        if not fnmatch.fnmatch(kernel, pattern) and not fnmatch.fnmatch(kernel.split("::")[-1], pattern):
+            continue
+        loads, stores, mma = parse_sass(sass.get((arch, func), ""))
+        rows.append(dict(source="cuda", kernel=kernel, config=config, target=arch, module=os.path.basename(so_path),
+                         mangled=func, registers=res["registers"], agprs=None, spills=res["local"],
+                         stack=res["stack"], shared=res["shared_static"], shared_limit=STATIC_SHARED_LIMIT,
+                         occupancy=None, loads=loads, stores=stores, mma=mma, load_bits=_widest(loads),
+                         store_bits=_widest(stores), mma_count=sum(mma.values()),
+                         has_sass=(arch, func) in sass, error=None))
+    return rows
