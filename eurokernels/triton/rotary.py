@@ -129,6 +129,8 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
     strides = [t.stride(d) for t in (q, k, q_out, k_out) for d in range(3)]
     align = 8 if all(v % 8 == 0 for v in strides + [head_dim, half]) else 1
     block_half, block_h = block_config(half)
+    # Out of place unless the outputs are the inputs (compared per side: an empty side may have a null pointer).
+    out_of_place = q_out.data_ptr() != q.data_ptr() or k_out.data_ptr() != k.data_ptr()
     pos_mode = 1 if position_ids is not None else 2 if cu_seqlens is not None else 0
     rotary_kernel[(batch * seqlen,)](
         q, *[v // align for v in strides[0:3]], k, *[v // align for v in strides[3:6]],
@@ -138,7 +140,7 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
         cu_seqlens.shape[0] - 1 if cu_seqlens is not None else 0, seqlen, q.shape[2], k.shape[2],
         head_dim // align, half // align, cos.shape[0],
         ALIGN=align, BLOCK_H=block_h, BLOCK_HALF=block_half, INTERLEAVED=interleaved, CONJUGATE=conjugate,
-        POS_MODE=pos_mode, COPY_PASS=q_out.data_ptr() != q.data_ptr() and 2 * half < head_dim,
+        POS_MODE=pos_mode, COPY_PASS=out_of_place and 2 * half < head_dim,
         num_warps=NUM_WARPS)
 
 
