@@ -124,6 +124,19 @@ def check_backend(backend, q, k, cos, sin, interleaved, *, position_ids=None, cu
     assert_within_torch_error(ks.grad, kd.grad, pk.grad, factor=factor, name=f"dk ({backend})")
 
 
+def test_checker_rejects_wrong_rotations():
+    # Negative controls: the bound used below must reject the other pair convention and the unconjugated backward.
+    q, k = torch.randn(1, 4, 2, 16, dtype=torch.bfloat16), torch.randn(1, 4, 1, 16, dtype=torch.bfloat16)
+    cos, sin = table(8, 16)
+    truth = ref.apply_rotary(q.double(), k.double(), cos.double(), sin.double())[0]
+    yardstick = torch_rotary(q, cos, sin, torch.arange(4), False)
+    assert_within_torch_error(ref.apply_rotary(q, k, cos, sin)[0], truth, yardstick, factor=1.5)
+    for wrong in (ref.apply_rotary(q, k, cos, sin, interleaved=True)[0],
+                  ref.apply_rotary(q, k, cos, sin, conjugate=True)[0]):
+        with pytest.raises(AssertionError):
+            assert_within_torch_error(wrong, truth, yardstick, factor=1.5)
+
+
 # Head dims of the models in use (64, 80: not a power of two, a masked block; 128; 256), each with one GQA layout:
 # 32 q / 8 kv heads (Llama / EuroLLM) or 8 / 1 (MQA-like). Seqlen 5 and batch 2: small for the interpreter.
 SHAPES = [(64, 32, 8), (80, 8, 1), (128, 32, 8), (256, 8, 1)]

@@ -18,7 +18,8 @@ from . import next_pow2
 from ._common import cast_to
 
 MAX_BLOCK_HALF = 512  # rotary_dim up to 1024 (head dims in use are <= 256)
-TILE = 1024           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF
+TILE = 2048           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF; 8 bf16
+                      # (128 bits) per thread at 4 warps of 64 threads (AMD), 16 at 4 warps of 32 (NVIDIA)
 NUM_WARPS = 4
 
 
