@@ -428,6 +428,7 @@ def test_errors():
         (dict(k=torch.randn(2, 5, 2, 16)), ValueError, "k: expected the tokens and head_dim of q"),
         (dict(cos=table(8, 18)[0], sin=table(8, 18)[1]), ValueError, "cos: expected"),
         (dict(cos=cos.double()), TypeError, "cos: expected dtype"),
+        (dict(cos=cos[:0], sin=sin[:0]), ValueError, r"cos: expected \[max_positions >= 1"),
         (dict(sin=sin[:4]), ValueError, "sin: expected the shape"),
         (dict(cos=cos[:5], sin=sin[:5]), ValueError, "q: seqlen 6 exceeds the 5 positions"),
         (dict(position_ids=torch.zeros(2, 5, dtype=torch.long)), ValueError, "position_ids: expected shape"),

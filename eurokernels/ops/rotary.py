@@ -93,9 +93,9 @@ def _check(q, k, cos, sin, position_ids, cu_seqlens, interleaved, inplace, dtype
     if sin.shape != cos.shape or sin.dtype != cos.dtype:
         raise ValueError(f"sin: expected the shape {tuple(cos.shape)} and dtype {cos.dtype} of cos, "
                          f"got {tuple(sin.shape)} and {sin.dtype}")
-    if cos.shape[1] < 1 or 2 * cos.shape[1] > head_dim:
-        raise ValueError(f"cos: expected [max_positions, rotary_dim // 2] with 1 <= rotary_dim // 2 <= head_dim // 2 "
-                         f"= {head_dim // 2}, got shape {tuple(cos.shape)}")
+    if cos.shape[0] < 1 or cos.shape[1] < 1 or 2 * cos.shape[1] > head_dim:
+        raise ValueError(f"cos: expected [max_positions >= 1, rotary_dim // 2] with 1 <= rotary_dim // 2 <= "
+                         f"head_dim // 2 = {head_dim // 2}, got shape {tuple(cos.shape)}")
     if not isinstance(interleaved, bool):
         raise TypeError(f"interleaved: expected a bool, got {type(interleaved).__name__}")
     if not isinstance(inplace, bool):
