@@ -307,7 +307,9 @@ def rotary_cos_sin(max_positions, rotary_dim, *, base=10000.0, scaling=None, dty
                beta_fast (32), beta_slow (1), truncate (True). The attention factor multiplies cos and sin.
       llama3:  factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
     The numbers are HF's: inv_freq in fp32 with HF's arithmetic, angle = position * inv_freq as one fp32 product,
-    cos/sin (times the attention factor) in fp32, then cast to ``dtype``.
+    cos/sin (times the attention factor) in fp32, then cast to ``dtype``. (Checked bitwise equal to the tables of
+    transformers 5.23.0's LlamaRotaryEmbedding for all five types; for yarn, HF 5 takes ``factor`` from the dict
+    as we do, and for dynamic its ``max_position_embeddings`` is our ``original_max_position_embeddings``.)
     """
     _checks.check_number("max_positions", max_positions, min_value=1)
     _checks.check_number("rotary_dim", rotary_dim, min_value=2)
