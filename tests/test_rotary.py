@@ -453,6 +453,11 @@ def test_errors():
             args.update(kwargs)
             with pytest.raises(exc, match=msg):
                 ek.apply_rotary(**args)
+    leaf = torch.randn(2, 6, 2, 16, requires_grad=True)
+    q_copy = q.clone()
+    with pytest.raises(RuntimeError, match="k: a leaf tensor that requires grad cannot be rotated in place"):
+        ek.apply_rotary(q_copy, leaf, cos, sin, inplace=True)
+    assert torch.equal(q_copy, q), "nothing may be written before the error"
     scaling_cases = [
         (dict(scaling={"rope_type": "ntk"}), ValueError, r"scaling\['rope_type'\]: expected one of"),
         (dict(scaling={"rope_type": "yarn", "factor": 4.0}), ValueError, "needs 'original_max_position_embeddings'"),

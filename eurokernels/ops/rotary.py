@@ -56,6 +56,10 @@ def apply_rotary(q, k, cos, sin, *, position_ids=None, cu_seqlens=None, interlea
     if not inplace:
         return torch.ops.eurokernels.rotary(q, k, cos, sin, position_ids, cu_seqlens, interleaved, False, backend)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        for name, t in (("q", q), ("k", k)):  # checked before anything is written (autograd would say it after)
+            if t.requires_grad and t.is_leaf:
+                raise RuntimeError(f"{name}: a leaf tensor that requires grad cannot be rotated in place; "
+                                   f"use inplace=False or rotate a non-leaf (e.g. the output of the QKV projection)")
         q = _RotaryInplaceQ.apply(q, k, cos, sin, position_ids, cu_seqlens, interleaved, backend)
         k = _RotaryInplaceK.apply(k, cos, sin, position_ids, cu_seqlens, interleaved, backend)
         return q, k
