@@ -327,6 +327,21 @@ def test_compile_fullgraph(device, backend):
     torch.testing.assert_close(gx, x.grad)
 
 
+def test_compile_inductor_cpu():
+    # One end-to-end inductor compile (slow on CPU, so once), including the in-place op on a view of a buffer the
+    # graph goes on using: functionalization must keep the mutation visible.
+    cos, sin = ek.rotary_cos_sin(16, 32)
+
+    def f(x):
+        qkv = (x * 2).view(2, 5, 5, 32)
+        ek.apply_rotary(qkv[:, :, :3], qkv[:, :, 3:4], cos, sin, inplace=True)
+        q, k = ek.apply_rotary(qkv[:, :, :3], qkv[:, :, 3:4], cos, sin, interleaved=True)
+        return qkv + 1, q, k
+
+    x = torch.randn(2, 5, 160)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
 # --- cos/sin tables: every scaling type against its formula, written out here -----------------------------------
 
 def hf_table(positions, inv_freq, attention_factor=1.0):
