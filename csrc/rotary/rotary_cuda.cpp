@@ -12,13 +12,19 @@
 
 namespace eurokernels::rotary {
 
-void rotary_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out, const at::Tensor& k_out,
-                 const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& position_ids,
-                 const std::optional<at::Tensor>& cu_seqlens, bool interleaved, bool conjugate) {
-  for (const at::Tensor* t : {&q, &k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCUDA);
+Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
+                   const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
+                   const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
+                   bool interleaved, bool conjugate) {
+  CHECK_DEVICE(q, at::kCUDA);
+  const c10::cuda::CUDAGuard guard(q.device());
+  CHECK_DIM(q, 4);
+  CHECK_DIM(k, 4);
+  const at::Tensor q_out = q_out_arg ? *q_out_arg : at::empty(q.sizes(), q.options());
+  const at::Tensor k_out = k_out_arg ? *k_out_arg : at::empty(k.sizes(), k.options());
+  for (const at::Tensor* t : {&k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCUDA);
   check_args(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens);
   TORCH_CHECK(q.size(0) * q.size(1) <= INT32_MAX, "rotary: more than 2^31 - 1 tokens");
-  const c10::cuda::CUDAGuard guard(q.device());
   Params p{};
   p.q = q.const_data_ptr();
   p.k = k.const_data_ptr();
@@ -50,6 +56,7 @@ void rotary_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_o
   p.table_fp32 = cos.scalar_type() == at::kFloat;
   launch(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {q_out, k_out};
 }
 
 }  // namespace eurokernels::rotary

@@ -147,8 +147,9 @@ def _check_values(q, cos, position_ids, cu_seqlens):
 
 # --- backends -----------------------------------------------------------------------------------------------------
 # Each kernel takes 4-D [batch, seqlen, heads, head_dim] views with a unit stride along head_dim (any other
-# strides), output views of the same shapes (the inputs themselves when in place), the tables, position_ids as
-# int64 [batch * seqlen] or None, cu_seqlens as int32 or None, interleaved, conjugate; it returns nothing.
+# strides), the outputs (views of the same shapes; the inputs themselves when in place; None: the kernel allocates
+# fresh contiguous ones), the tables, position_ids as int64 [batch * seqlen] or None, cu_seqlens as int32 or None,
+# interleaved, conjugate; it returns (q_out, k_out).
 
 
 def _as_4d(t):
@@ -159,15 +160,16 @@ def _unit_last(t):
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
+def _flat_positions(position_ids):
+    return None if position_ids is None else position_ids.reshape(-1).contiguous()
+
+
 def _kernel_impl(kernel):
     def out_of_place(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
         _check_values(q, cos, position_ids, cu_seqlens)
-        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        pos = None if position_ids is None else position_ids.reshape(-1).contiguous()
-        kernel(_unit_last(_as_4d(q)), _unit_last(_as_4d(k)), _as_4d(q_out), _as_4d(k_out), cos.contiguous(),
-               sin.contiguous(), pos, cu_seqlens, interleaved, conjugate)
-        return q_out, k_out
+        q_out, k_out = kernel(_unit_last(_as_4d(q)), _unit_last(_as_4d(k)), None, None, cos.contiguous(),
+                              sin.contiguous(), _flat_positions(position_ids), cu_seqlens, interleaved, conjugate)
+        return q_out.view(q.shape), k_out.view(k.shape)
 
     def in_place(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
         if (q.shape[-1] > 1 and q.stride(-1) != 1) or (k.shape[-1] > 1 and k.stride(-1) != 1):
@@ -177,9 +179,9 @@ def _kernel_impl(kernel):
             k.copy_(k_out)
             return
         _check_values(q, cos, position_ids, cu_seqlens)
-        pos = None if position_ids is None else position_ids.reshape(-1).contiguous()
         q4, k4 = _as_4d(q), _as_4d(k)
-        kernel(q4, k4, q4, k4, cos.contiguous(), sin.contiguous(), pos, cu_seqlens, interleaved, conjugate)
+        kernel(q4, k4, q4, k4, cos.contiguous(), sin.contiguous(), _flat_positions(position_ids), cu_seqlens,
+               interleaved, conjugate)
 
     return out_of_place, in_place
 

@@ -122,13 +122,17 @@ def block_config(half, align):
 
 
 def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
-    """See eurokernels/ops/rotary.py: 4-D views with a unit stride along head_dim; writes q_out and k_out."""
+    """See eurokernels/ops/rotary.py: 4-D views with a unit stride along head_dim; writes q_out and k_out (fresh
+    contiguous tensors when None) and returns them."""
+    if q_out is None:
+        q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
+                                                                                          device=k.device)
     batch, seqlen, _, head_dim = q.shape
     half = cos.shape[1]
     if half > MAX_BLOCK_HALF:
         raise ValueError(f"cos: the triton backend supports rotary_dim <= {2 * MAX_BLOCK_HALF}, got {2 * half}")
     if batch * seqlen == 0:
-        return
+        return q_out, k_out
     strides = [t.stride(d) for t in (q, k, q_out, k_out) for d in range(3)]
     align = 8 if all(v % 8 == 0 for v in strides + [head_dim, half]) else 1
     block_half, block_h = block_config(half, align)
@@ -145,6 +149,7 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
         ALIGN=align, BLOCK_H=block_h, BLOCK_HALF=block_half, INTERLEAVED=interleaved, CONJUGATE=conjugate,
         POS_MODE=pos_mode, COPY_PASS=out_of_place and 2 * half < head_dim,
         num_warps=NUM_WARPS)
+    return q_out, k_out
 
 
 def aot_specs():
