@@ -223,7 +223,8 @@ def test_strided_views(device, backend):
     cos, sin = table(16, 32, device=device)
     qkv = torch.randn(2, 10, 7, 32, dtype=torch.float16, device=device)
     bhsd = torch.randn(2, 3, 10, 32, dtype=torch.float16, device=device)
-    cases = [(qkv[:, :, :4], qkv[:, :, 4:6]), (bhsd.transpose(1, 2), qkv[:, :, 6:]), (qkv[:, ::2, :3], qkv[:, 1::2, 3:5])]
+    cases = [(qkv[:, :, :4], qkv[:, :, 4:6]), (bhsd.transpose(1, 2), qkv[:, :, 6:]),
+             (qkv[:, ::2, :3], qkv[:, 1::2, 3:5])]
     for q, k in cases:
         got = ek.apply_rotary(q, k, cos, sin, backend=backend)
         expected = ek.apply_rotary(q.contiguous(), k.contiguous(), cos, sin, backend="reference")

@@ -68,8 +68,9 @@ void rotate_interleaved(const T* x, T* o, const float* cd, const float* sd, int6
   int64_t i = 0;
   for (; i + kStep <= r; i += kStep) {
     auto [a, b] = cpu::load2(x + i);
+    const int64_t j = i + Vec::size();
     const Vec oa = at::vec::fmadd(a, Vec::loadu(cd + i), swap_pairs(a) * Vec::loadu(sd + i));
-    const Vec ob = at::vec::fmadd(b, Vec::loadu(cd + i + Vec::size()), swap_pairs(b) * Vec::loadu(sd + i + Vec::size()));
+    const Vec ob = at::vec::fmadd(b, Vec::loadu(cd + j), swap_pairs(b) * Vec::loadu(sd + j));
     cpu::store2(o + i, oa, ob);
   }
   for (; i < r; i += 2) {

@@ -211,7 +211,8 @@ def _fake_inplace(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjuga
     return None
 
 
-_ARGS = "Tensor cos, Tensor sin, Tensor? position_ids, Tensor? cu_seqlens, bool interleaved, bool conjugate, str backend"
+_ARGS = ("Tensor cos, Tensor sin, Tensor? position_ids, Tensor? cu_seqlens, bool interleaved, bool conjugate, "
+         "str backend")
 
 _fwd = define_op(
     "rotary", f"(Tensor q, Tensor k, {_ARGS}) -> (Tensor, Tensor)",
