@@ -136,7 +136,6 @@ def test_gradcheck_fp64_reference(device):
     assert torch.autograd.gradcheck(fn, (x, w, r))
 
 
-@pytest.mark.filterwarnings("ignore:Input #. requires gradient and is not a double")
 def test_gradcheck_kernels_fp32(device, backend):
     # The fused kernels run in fp32 (no fp64 path), so finite differences need a wide step and tolerance; the
     # precise gradient check is test_forward_backward against fp64 autograd.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_alloc.h"
 #include "cpu_vec.h"
 #include "rotary/rotary.h"
 #include "rotary/rotary_common.h"
@@ -145,8 +146,8 @@ Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional
   CHECK_DEVICE(q, at::kCPU);
   CHECK_DIM(q, 4);
   CHECK_DIM(k, 4);
-  const at::Tensor q_out = q_out_arg ? *q_out_arg : at::empty(q.sizes(), q.options());
-  const at::Tensor k_out = k_out_arg ? *k_out_arg : at::empty(k.sizes(), k.options());
+  const at::Tensor q_out = q_out_arg ? *q_out_arg : cpu::empty_output(q.sizes(), q.options());
+  const at::Tensor k_out = k_out_arg ? *k_out_arg : cpu::empty_output(k.sizes(), k.options());
   for (const at::Tensor* t : {&k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCPU);
   check_args(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens);
   const int64_t batch = q.size(0), seqlen = q.size(1), head_dim = q.size(3), half = cos.size(1);

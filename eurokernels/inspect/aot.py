@@ -27,6 +27,7 @@ from pathlib import Path
 # The modules whose `aot_specs()` list the Triton kernels to check. Each op adds its module here.
 SPEC_MODULES = [
     "eurokernels.triton.rms_norm",
+    "eurokernels.triton.rotary",
 ]
 
 # The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.

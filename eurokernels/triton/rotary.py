@@ -170,8 +170,9 @@ def aot_specs():
             for align in (1, 8) if 1 << k >= 8 else (1,):  # ALIGN=8 needs half % 8 == 0
                 block_half, block_h = block_config(1 << k, align)
                 specs.append(dict(
-                    name=f"rotary_{'gptj' if interleaved else 'neox'}_half{block_half}_align{align}",
+                    name=f"rotary_{'gptj' if interleaved else 'neox'}", variant=f"half{block_half}_align{align}",
                     kernel=rotary_kernel, num_warps=NUM_WARPS, signature=sig,
+                    memory_bound=True, rows_aligned=align == 8, block=block_h * block_half,
                     constexprs=dict(ALIGN=align, BLOCK_H=block_h, BLOCK_HALF=block_half, INTERLEAVED=interleaved,
                                     CONJUGATE=True, POS_MODE=2, COPY_PASS=True),
                     aligned=["Q", "K", "Q_OUT", "K_OUT", "COS", "SIN", "POS", "CU_SEQLENS"] if align == 8 else []))
