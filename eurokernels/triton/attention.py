@@ -89,11 +89,12 @@ def attention_fwd_kernel(
     pid = tl.program_id(0)
     doc = pid // n_heads_q
     head = pid % n_heads_q
-    q_start = tl.load(CU_Q + doc).to(tl.int64)  # int64 token offsets: tokens x strides can pass 2^31
-    sq = tl.load(CU_Q + doc + 1).to(tl.int64) - q_start
+    # int64 document offsets (total tokens x strides can pass 2^31); offsets inside a document stay int32.
+    q_start = tl.load(CU_Q + doc).to(tl.int64)
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
     k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1).to(tl.int64) - k_start
-    i0 = tl.program_id(1).to(tl.int64) * BLOCK_M
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    i0 = tl.program_id(1) * BLOCK_M
     if i0 >= sq:
         return
     shift = sk - sq
@@ -101,7 +102,7 @@ def attention_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < head_dim
     m_mask = offs_m < sq
-    q = tl.load(Q + (q_start + offs_m[:, None]) * stride_q_tok + head * stride_q_head + offs_d[None, :],
+    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
     V_DOC = V + k_start * stride_v_tok + (head // group) * stride_v_head
@@ -133,10 +134,10 @@ def attention_fwd_kernel(
     seen = l_i > 0.0
     out = acc * tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)[:, None]
     stride_o_tok = n_heads_q * head_dim
-    tl.store(O + (q_start + offs_m[:, None]) * stride_o_tok + head * head_dim + offs_d[None, :],
+    tl.store(O + q_start * stride_o_tok + head * head_dim + offs_m[:, None] * stride_o_tok + offs_d[None, :],
              cast_to(out, O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + head * total_q + q_start + offs_m, lse, mask=m_mask)
+    tl.store(LSE + (head * total_q + q_start) + offs_m, lse, mask=m_mask)
 
 
 @triton.jit
@@ -184,10 +185,10 @@ def attention_bwd_dkdv_kernel(
     doc = pid // n_heads_k
     head_k = pid % n_heads_k
     q_start = tl.load(CU_Q + doc).to(tl.int64)
-    sq = tl.load(CU_Q + doc + 1).to(tl.int64) - q_start
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
     k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1).to(tl.int64) - k_start
-    j0 = tl.program_id(1).to(tl.int64) * BLOCK_N
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    j0 = tl.program_id(1) * BLOCK_N
     if j0 >= sk:
         return
     shift = sk - sq
@@ -196,9 +197,9 @@ def attention_bwd_dkdv_kernel(
     d_mask = offs_d < head_dim
     n_mask = offs_n < sk
     kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(K + (k_start + offs_n[:, None]) * stride_k_tok + head_k * stride_k_head + offs_d[None, :],
+    k = tl.load(K + k_start * stride_k_tok + head_k * stride_k_head + offs_n[:, None] * stride_k_tok + offs_d[None, :],
                 mask=kv_mask, other=0.0)
-    v = tl.load(V + (k_start + offs_n[:, None]) * stride_v_tok + head_k * stride_v_head + offs_d[None, :],
+    v = tl.load(V + k_start * stride_v_tok + head_k * stride_v_head + offs_n[:, None] * stride_v_tok + offs_d[None, :],
                 mask=kv_mask, other=0.0)
     DTYPE = k.dtype
     # Queries that see this block: [lo, hi).
@@ -231,9 +232,10 @@ def attention_bwd_dkdv_kernel(
             if HAS_SOFTCAP:
                 dst = dst * (1.0 - t * t)
             dk = tl.dot(dst.to(DTYPE), q, dk, input_precision=DOT_PRECISION)
-    out = (k_start + offs_n[:, None]) * (n_heads_k * head_dim) + head_k * head_dim + offs_d[None, :]
-    tl.store(DK + out, cast_to(dk * scale, DTYPE), mask=kv_mask)
-    tl.store(DV + out, cast_to(dv, DTYPE), mask=kv_mask)
+    base = k_start * (n_heads_k * head_dim) + head_k * head_dim
+    out = offs_n[:, None] * (n_heads_k * head_dim) + offs_d[None, :]
+    tl.store(DK + base + out, cast_to(dk * scale, DTYPE), mask=kv_mask)
+    tl.store(DV + base + out, cast_to(dv, DTYPE), mask=kv_mask)
 
 
 @triton.jit
@@ -254,10 +256,10 @@ def attention_bwd_dq_kernel(
     doc = pid // n_heads_q
     head = pid % n_heads_q
     q_start = tl.load(CU_Q + doc).to(tl.int64)
-    sq = tl.load(CU_Q + doc + 1).to(tl.int64) - q_start
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
     k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1).to(tl.int64) - k_start
-    i0 = tl.program_id(1).to(tl.int64) * BLOCK_M
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    i0 = tl.program_id(1) * BLOCK_M
     if i0 >= sq:
         return
     shift = sk - sq
@@ -266,10 +268,10 @@ def attention_bwd_dq_kernel(
     d_mask = offs_d < head_dim
     m_mask = offs_m < sq
     q_mask = m_mask[:, None] & d_mask[None, :]
-    q = tl.load(Q + (q_start + offs_m[:, None]) * stride_q_tok + head * stride_q_head + offs_d[None, :],
+    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
                 mask=q_mask, other=0.0)
-    do = tl.load(DO + (q_start + offs_m[:, None]) * stride_do_tok + head * stride_do_head + offs_d[None, :],
-                 mask=q_mask, other=0.0)
+    do = tl.load(DO + q_start * stride_do_tok + head * stride_do_head + offs_m[:, None] * stride_do_tok
+                 + offs_d[None, :], mask=q_mask, other=0.0)
     DTYPE = q.dtype
     lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, m_mask)
     K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
@@ -295,7 +297,8 @@ def attention_bwd_dq_kernel(
         if HAS_SOFTCAP:
             ds = ds * (1.0 - t * t)
         dq = tl.dot(ds.to(DTYPE), tl.trans(kt), dq, input_precision=DOT_PRECISION)
-    tl.store(DQ + (q_start + offs_m[:, None]) * (n_heads_q * head_dim) + head * head_dim + offs_d[None, :],
+    tl.store(DQ + q_start * (n_heads_q * head_dim) + head * head_dim + offs_m[:, None] * (n_heads_q * head_dim)
+             + offs_d[None, :],
              cast_to(dq * scale, DTYPE), mask=q_mask)
 
 
@@ -343,7 +346,8 @@ def _scale_args(scale, softcap):
 
 
 def _precision(dtype):
-    return "ieee" if dtype == torch.float32 else "tf32"  # fp32 inputs: exact fp32 products, as the reference
+    # fp32 inputs: exact fp32 products, as the reference (NVIDIA would default to tf32); fp16/bf16: the default.
+    return "ieee" if dtype == torch.float32 else None
 
 
 def forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
@@ -410,7 +414,7 @@ def aot_specs():
                    "stride_v_head"]
     specs = []
     for bd in sorted(GPU_CONFIGS["fwd"]):
-        base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION="tf32")
+        base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION=None)
         cfg = GPU_CONFIGS["fwd"][bd]
         specs.append(dict(
             name=f"attention_fwd_d{bd}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
