@@ -323,7 +323,11 @@ GPU_CONFIGS = {
 }
 # Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
 INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
-PREPROCESS_BLOCK_M = 64
+
+
+def preprocess_block_m(bd):
+    """Rows per delta program: 4096 elements of O and dO each (16 fp32 registers per thread at 4 warps)."""
+    return max(16, 4096 // bd)
 
 
 def block_d(head_dim):
@@ -382,9 +386,10 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
     if n_docs <= 0 or total_q == 0 or total_k == 0:
         return dq, dk, dv
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
-    attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, PREPROCESS_BLOCK_M))](
+    rows = preprocess_block_m(block_d(d))
+    attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, rows))](
         out, out.stride(0), out.stride(1), dout, dout.stride(0), dout.stride(1), delta, total_q, d,
-        BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d(d), num_warps=4)
+        BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
     wl, wr = _mask_args(left, right)
     qk_scale, cap = _scale_args(scale, softcap)
     common = dict(BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0, DOT_PRECISION=_precision(q.dtype))
@@ -443,6 +448,6 @@ def aot_specs():
             name=f"attention_bwd_preprocess_d{bd}", kernel=attention_bwd_preprocess_kernel, num_warps=4,
             signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
                            stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
-            constexprs=dict(BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=bd),
+            constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
             aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA"]))
     return specs
