@@ -79,11 +79,17 @@ inline void release_gemm() {
 
 // ---- packing blocks of rows (n valid rows of d elements, row stride ld) into GEMM operands, zero-padded to nb ----
 
+template <typename CT, typename T>
+inline CT cvt(T x) {
+  if constexpr (std::is_same_v<T, CT>) return x;  // bf16 -> bf16: a plain copy
+  else return static_cast<CT>(static_cast<float>(x));
+}
+
 // A operand (row-major [nb, d]).
 template <typename T, typename CT>
 void pack_rows(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
-    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
 }
 
 // B operand of X @ src^T: B[kk = c][col = r].
@@ -91,7 +97,7 @@ template <typename T, typename CT>
 void pack_bt(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
     for (int64_t c = 0; c < d; ++c) {
-      const CT x = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+      const CT x = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
       if constexpr (std::is_same_v<CT, BF16>) dst[((c / 2) * nb + r) * 2 + (c & 1)] = x;
       else dst[c * nb + r] = x;
     }
@@ -104,8 +110,7 @@ void pack_b(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst)
     pack_rows(src, ld, n, nb, d, dst);
   } else {
     for (int64_t r = 0; r < nb; ++r)
-      for (int64_t c = 0; c < d; ++c)
-        dst[((r / 2) * d + c) * 2 + (r & 1)] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+      for (int64_t c = 0; c < d; ++c) dst[((r / 2) * d + c) * 2 + (r & 1)] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
   }
 }
 
@@ -113,22 +118,21 @@ void pack_b(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst)
 template <typename T, typename CT>
 void pack_t(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
-    for (int64_t c = 0; c < d; ++c) dst[c * nb + r] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+    for (int64_t c = 0; c < d; ++c) dst[c * nb + r] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
 }
 
-// fp32 [rows, cols] (rows even) -> B operand in CT.
+// fp32 [rows, cols] (rows even, cols a multiple of Vec::size()) -> B operand in CT.
 template <typename CT>
 void to_b(const float* src, int64_t rows, int64_t cols, CT* dst) {
-  for (int64_t r = 0; r < rows; r += 2)
-    for (int64_t c = 0; c < cols; ++c) {
-      if constexpr (std::is_same_v<CT, BF16>) {
-        dst[(r / 2) * cols * 2 + 2 * c] = static_cast<BF16>(src[r * cols + c]);
-        dst[(r / 2) * cols * 2 + 2 * c + 1] = static_cast<BF16>(src[(r + 1) * cols + c]);
-      } else {
-        dst[r * cols + c] = src[r * cols + c];
-        dst[(r + 1) * cols + c] = src[(r + 1) * cols + c];
+  if constexpr (std::is_same_v<CT, BF16>) {  // VNNI: interleave row pairs, then round to bf16
+    for (int64_t r = 0; r < rows; r += 2)
+      for (int64_t c = 0; c < cols; c += Vec::size()) {
+        auto [x, y] = at::vec::interleave2(Vec::loadu(src + r * cols + c), Vec::loadu(src + (r + 1) * cols + c));
+        at::vec::convert_from_float<BF16>(x, y).store(dst + (r / 2) * cols * 2 + 2 * c);
       }
-    }
+  } else {
+    std::copy(src, src + rows * cols, dst);
+  }
 }
 
 // fp32 row -> CT row (n a multiple of kStep).

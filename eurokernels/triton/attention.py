@@ -315,11 +315,11 @@ class AttnConfig:
 # tiles fit the register file without spills on sm_80 / sm_90 / gfx90a / gfx942 (checked by compiling aot_specs()).
 GPU_CONFIGS = {
     "fwd": {16: AttnConfig(128, 64, 4), 32: AttnConfig(128, 64, 4), 64: AttnConfig(128, 64, 4),
-            128: AttnConfig(128, 64, 8), 256: AttnConfig(64, 32, 8)},
-    "dkdv": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(64, 64, 4),
-             128: AttnConfig(32, 64, 8), 256: AttnConfig(16, 32, 8)},
+            128: AttnConfig(128, 32, 8), 256: AttnConfig(64, 32, 4)},
+    "dkdv": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(32, 64, 4),
+             128: AttnConfig(32, 64, 4), 256: AttnConfig(16, 32, 8)},
     "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(64, 64, 4),
-           128: AttnConfig(64, 32, 8), 256: AttnConfig(32, 32, 8)},
+           128: AttnConfig(64, 32, 8), 256: AttnConfig(32, 32, 4)},
 }
 # Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
 INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
