@@ -321,6 +321,12 @@ GPU_CONFIGS = {
     "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(64, 64, 4),
            128: AttnConfig(64, 32, 8), 256: AttnConfig(32, 32, 4)},
 }
+# fp32 inputs: tiles twice the size in registers and shared memory; half the queries per block from head dim 64.
+GPU_CONFIGS_FP32 = {
+    kernel: {bd: (AttnConfig(max(16, c.block_m // 2), c.block_n, c.num_warps) if bd >= 64 else c)
+             for bd, c in table.items()}
+    for kernel, table in GPU_CONFIGS.items()
+}
 # Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
 INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
 
@@ -334,10 +340,10 @@ def block_d(head_dim):
     return max(16, next_pow2(head_dim))  # tl.dot needs K >= 16
 
 
-def config(kernel, head_dim, device):
+def config(kernel, head_dim, device, dtype):
     if device.type == "cpu" and triton_interpreter_enabled():
         return INTERPRETER_CONFIG
-    return GPU_CONFIGS[kernel][block_d(head_dim)]
+    return (GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS)[kernel][block_d(head_dim)]
 
 
 def _mask_args(left, right):
@@ -362,7 +368,7 @@ def forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
     n_docs = cu_q.shape[0] - 1
     out = torch.zeros((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.full((hq, total_q), float("-inf"), dtype=torch.float32, device=q.device)
-    cfg = config("fwd", d, q.device)
+    cfg = config("fwd", d, q.device, q.dtype)
     if n_docs <= 0 or max_q <= 0 or total_q == 0:
         return out, lse
     wl, wr = _mask_args(left, right)
@@ -396,12 +402,12 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
     strides = (q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
                dout, dout.stride(0), dout.stride(1), lse, delta)
     if max_k > 0:
-        cfg = config("dkdv", d, q.device)
+        cfg = config("dkdv", d, q.device, q.dtype)
         attention_bwd_dkdv_kernel[(n_docs * hk, triton.cdiv(max_k, cfg.block_n))](
             *strides, dk, dv, cu_q, cu_k, total_q, hk, hq // hk, d, qk_scale, cap, scale, wl, wr,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
     if max_q > 0:
-        cfg = config("dq", d, q.device)
+        cfg = config("dq", d, q.device, q.dtype)
         attention_bwd_dq_kernel[(n_docs * hq, triton.cdiv(max_q, cfg.block_m))](
             *strides, dq, cu_q, cu_k, total_q, hq, hq // hk, d, qk_scale, cap, scale, wl, wr,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
@@ -410,44 +416,53 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
 
 def aot_specs():
     """Every kernel x launch configuration the launchers can pick on a GPU, for the AOT checks (eurokernels/inspect):
-    bf16 with a softcap (the heaviest variant), every padded head dim, the alignment the JIT assumes for strides
-    and head dims that are multiples of 8 elements (16 bytes)."""
-    ptr, i32, f32 = "*bf16", "i32", "fp32"
+    with a softcap (the heaviest variant), for every padded head dim, in bf16 (fp16 compiles to the same code) and
+    in fp32 (twice the registers and shared memory per tile; exact "ieee" dots), with the alignment the JIT assumes
+    for strides and head dims that are multiples of 8 elements."""
+    specs = []
+    for dtype in ("bf16", "fp32"):
+        for bd in sorted(GPU_CONFIGS["fwd"]):
+            specs += _specs_for(dtype, bd)
+    return specs
+
+
+def _specs_for(dtype, bd):
+    ptr, i32, f32 = f"*{dtype}", "i32", "fp32"
+    suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else "")
+    configs = GPU_CONFIGS_FP32 if dtype == "fp32" else GPU_CONFIGS
     qkv = dict(Q=ptr, stride_q_tok=i32, stride_q_head=i32, K=ptr, stride_k_tok=i32, stride_k_head=i32,
                V=ptr, stride_v_tok=i32, stride_v_head=i32)
     qkv_aligned = ["Q", "stride_q_tok", "stride_q_head", "K", "stride_k_tok", "stride_k_head", "V", "stride_v_tok",
                    "stride_v_head"]
+    base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION="ieee" if dtype == "fp32" else None)
     specs = []
-    for bd in sorted(GPU_CONFIGS["fwd"]):
-        base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION=None)
-        cfg = GPU_CONFIGS["fwd"][bd]
-        specs.append(dict(
-            name=f"attention_fwd_d{bd}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
-            signature=dict(qkv, O=ptr, LSE="*fp32", CU_Q="*i32", CU_K="*i32", total_q=i32, n_heads_q=i32,
-                           group=i32, head_dim=i32, qk_scale=f32, softcap=f32, window_left=i32, window_right=i32),
-            constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-            aligned=qkv_aligned + ["O", "LSE", "CU_Q", "CU_K"]))
-        bwd_sig = dict(qkv, DO=ptr, stride_do_tok=i32, stride_do_head=i32, LSE="*fp32", DELTA="*fp32")
-        bwd_aligned = qkv_aligned + ["DO", "stride_do_tok", "stride_do_head", "LSE", "DELTA", "CU_Q", "CU_K"]
-        tail = dict(CU_Q="*i32", CU_K="*i32", total_q=i32)
-        scalars = dict(group=i32, head_dim=i32, qk_scale=f32, softcap=f32, scale=f32, window_left=i32,
-                       window_right=i32)
-        cfg = GPU_CONFIGS["dkdv"][bd]
-        specs.append(dict(
-            name=f"attention_bwd_dkdv_d{bd}", kernel=attention_bwd_dkdv_kernel, num_warps=cfg.num_warps,
-            signature=dict(bwd_sig, DK=ptr, DV=ptr, **tail, n_heads_k=i32, **scalars),
-            constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-            aligned=bwd_aligned + ["DK", "DV"]))
-        cfg = GPU_CONFIGS["dq"][bd]
-        specs.append(dict(
-            name=f"attention_bwd_dq_d{bd}", kernel=attention_bwd_dq_kernel, num_warps=cfg.num_warps,
-            signature=dict(bwd_sig, DQ=ptr, **tail, n_heads_q=i32, **scalars),
-            constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-            aligned=bwd_aligned + ["DQ"]))
-        specs.append(dict(
-            name=f"attention_bwd_preprocess_d{bd}", kernel=attention_bwd_preprocess_kernel, num_warps=4,
-            signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
-                           stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
-            constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
-            aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA"]))
+    cfg = configs["fwd"][bd]
+    specs.append(dict(
+        name=f"attention_fwd_{suffix}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
+        signature=dict(qkv, O=ptr, LSE="*fp32", CU_Q="*i32", CU_K="*i32", total_q=i32, n_heads_q=i32,
+                       group=i32, head_dim=i32, qk_scale=f32, softcap=f32, window_left=i32, window_right=i32),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=qkv_aligned + ["O", "LSE", "CU_Q", "CU_K"]))
+    bwd_sig = dict(qkv, DO=ptr, stride_do_tok=i32, stride_do_head=i32, LSE="*fp32", DELTA="*fp32")
+    bwd_aligned = qkv_aligned + ["DO", "stride_do_tok", "stride_do_head", "LSE", "DELTA", "CU_Q", "CU_K"]
+    tail = dict(CU_Q="*i32", CU_K="*i32", total_q=i32)
+    scalars = dict(group=i32, head_dim=i32, qk_scale=f32, softcap=f32, scale=f32, window_left=i32, window_right=i32)
+    cfg = configs["dkdv"][bd]
+    specs.append(dict(
+        name=f"attention_bwd_dkdv_{suffix}", kernel=attention_bwd_dkdv_kernel, num_warps=cfg.num_warps,
+        signature=dict(bwd_sig, DK=ptr, DV=ptr, **tail, n_heads_k=i32, **scalars),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=bwd_aligned + ["DK", "DV"]))
+    cfg = configs["dq"][bd]
+    specs.append(dict(
+        name=f"attention_bwd_dq_{suffix}", kernel=attention_bwd_dq_kernel, num_warps=cfg.num_warps,
+        signature=dict(bwd_sig, DQ=ptr, **tail, n_heads_q=i32, **scalars),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=bwd_aligned + ["DQ"]))
+    specs.append(dict(
+        name=f"attention_bwd_preprocess_{suffix}", kernel=attention_bwd_preprocess_kernel, num_warps=4,
+        signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
+                       stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
+        constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
+        aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA"]))
     return specs
