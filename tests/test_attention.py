@@ -137,9 +137,26 @@ def test_forward_backward(device, backend, case, dtype_name):
     check_against_reference(backend, q, k, v, **extra, **c["kw"])
 
 
+@pytest.mark.parametrize("case", ["causal_window", "varlen", "sq<sk"])
+def test_many_blocks(device, backend, case):
+    # Several blocks per sequence on the cpu backend (128-query / 128- or 64-key blocks) and on a GPU (up to 128):
+    # ragged last blocks, blocks skipped outside the window, blocks crossing its edge, documents of 1 token.
+    # The interpreter's 16-token blocks are crossed by the other tests' shapes already, so it runs a short version.
+    n = 40 if interpreted(device, backend) else 300
+    shape, kw = {
+        "causal_window": (dict(sq=n, hq=4, hk=1, d=64), dict(causal=True, window_size=(n // 3, -1))),
+        "varlen": (dict(lens_q=[n // 2 + 7, 1, n - 3], lens_k=[n // 2 + 7, 1, n - 3], hq=4, hk=2, d=32),
+                   dict(causal=True)),
+        "sq<sk": (dict(sq=n // 3, sk=n, hq=2, hk=1, d=32), dict(causal=True, window_size=(n // 4, 2))),
+    }[case]
+    dtype = torch.float16 if interpreted(device, backend) else torch.bfloat16
+    q, k, v, extra = make(device, dtype, **shape)
+    check_against_reference(backend, q, k, v, **extra, **kw)
+
+
 @pytest.mark.parametrize("d", [32, 64, 80, 96, 128, 192, 256])
 def test_head_dims(device, backend, d):
-    # 100 queries/keys: two 64-blocks on the cpu backend, 7 on the interpreter.
+    # 100 queries/keys (a ragged block on every backend; test_many_blocks covers several blocks).
     if interpreted(device, backend) and d not in (80, 256):
         pytest.skip("interpreter: a subset of head dims (80: padded block, 256: the largest) keeps CI short")
     dtype = torch.float16 if interpreted(device, backend) else torch.bfloat16

@@ -39,8 +39,8 @@ using BF16 = at::BFloat16;
 
 // Block sizes (queries x keys). The forward's larger key blocks halve the per-block softmax bookkeeping
 // (rescaling the output rows); the backward keeps five [64 x 64] tiles per block pair in L1/L2.
-constexpr int64_t kFwdBQ = 64, kFwdBK = 128;
-constexpr int64_t kBwdBQ = 64, kBwdBK = 64;
+constexpr int64_t kFwdBQ = 128, kFwdBK = 128;
+constexpr int64_t kBwdBQ = 128, kBwdBK = 64;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---- GEMM on blocks --------------------------------------------------------------------------------------------
