@@ -53,7 +53,9 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
     Returns:
         ``out`` with q's shape and dtype, or ``(out, lse)``. A query row that sees no key (possible with windows,
         or with causal and seqlen_q > seqlen_k) outputs zeros, has lse = -inf and gets zero gradients.
-        The backward is deterministic: the same inputs give bitwise-equal gradients (no atomics).
+        The backward is deterministic: the same inputs give bitwise-equal gradients (no atomics; on the cpu
+        backend, for a given number of threads, which decides how a GQA group's dK/dV is split before a
+        fixed-order sum).
     """
     _checks.check_tensor("q", q, dtypes=None)
     backend = _backend.resolve(backend, q)
