@@ -287,6 +287,13 @@ def test_max_seqlen_derived():
     torch.testing.assert_close(with_max, derived, atol=0, rtol=0)
 
 
+def test_triton_fp32_head_dim_limit(device):
+    # fp32 tiles of head_dim 256 do not fit a GPU's registers without spills: the triton backend says so.
+    q, k, v, _ = make(device, torch.float32, sq=8, hq=2, hk=1, d=256)
+    with pytest.raises(NotImplementedError, match="float32 inputs support head_dim <= 128"):
+        ek.attention(q, k, v, backend="triton")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the registry's NotImplementedError needs CUDA tensors")
 def test_cuda_backend_not_implemented():
     q, k, v, _ = make("cuda", torch.bfloat16, sq=8, hq=2, hk=1, d=16)
