@@ -3,6 +3,7 @@
 // includes torch/extension.h, because that header alone costs most of the build time.
 #include <torch/extension.h>
 
+#include "attention/attention.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 
@@ -11,4 +12,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_fwd", &rn::forward_cpu, "RMSNorm forward (CPU)");
   m.def("rms_norm_bwd", &rn::backward_cpu, "RMSNorm backward (CPU)");
   m.def("rotary", &eurokernels::rotary::rotary_cpu, "Rotary embeddings, out of place or in place (CPU)");
+  namespace at_ = eurokernels::attention;
+  m.def("attention_fwd", &at_::forward_cpu, "Attention forward (CPU)");
+  m.def("attention_bwd", &at_::backward_cpu, "Attention backward (CPU)");
 }

@@ -28,6 +28,7 @@ from pathlib import Path
 SPEC_MODULES = [
     "eurokernels.triton.rms_norm",
     "eurokernels.triton.rotary",
+    "eurokernels.triton.attention",
 ]
 
 # The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.
