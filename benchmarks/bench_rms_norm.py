@@ -32,29 +32,33 @@ def _compiled_reference():
 
 
 def cases(device, quick=False):
+    return [c for tokens, hidden in (QUICK_SHAPES if quick else SHAPES) for c in _shape_cases(tokens, hidden, device)]
+
+
+def _shape_cases(tokens, hidden, device):
+    """One shape's cases: a function of its own so that every closure binds this shape's tensors."""
     out = []
-    for tokens, hidden in (QUICK_SHAPES if quick else SHAPES):
-        x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
-        w = torch.rand(hidden, dtype=torch.bfloat16, device=device) + 0.5
-        dy = torch.randn_like(x)
-        elems, label = tokens * hidden, f"{tokens}x{hidden} bf16"
-        eager = lambda x, w: reference.rms_norm(x, w, 1e-6)[0]
-        fwd = {f"eurokernels[{b}]": functools.partial(ek.rms_norm, x, w, backend=b) for b in our_backends(device)}
-        fwd["eager"] = functools.partial(eager, x, w)
-        fwd["compile"] = functools.partial(_compiled_reference(), x, w)
-        fwd["floor"] = x.clone
-        out.append(Case("rms_norm", label, "fwd", fwd, bytes=2 * elems * 2, floor="floor"))
+    x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
+    w = torch.rand(hidden, dtype=torch.bfloat16, device=device) + 0.5
+    dy = torch.randn_like(x)
+    elems, label = tokens * hidden, f"{tokens}x{hidden} bf16"
+    eager = lambda x, w: reference.rms_norm(x, w, 1e-6)[0]
+    fwd = {f"eurokernels[{b}]": functools.partial(ek.rms_norm, x, w, backend=b) for b in our_backends(device)}
+    fwd["eager"] = functools.partial(eager, x, w)
+    fwd["compile"] = functools.partial(_compiled_reference(), x, w)
+    fwd["floor"] = x.clone
+    out.append(Case("rms_norm", label, "fwd", fwd, bytes=2 * elems * 2, floor="floor"))
 
-        xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+    xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
 
-        def fwd_bwd(f):
-            return lambda: torch.autograd.grad(f(xg, wg), (xg, wg), dy)
+    def fwd_bwd(f):
+        return lambda: torch.autograd.grad(f(xg, wg), (xg, wg), dy)
 
-        both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.rms_norm, backend=b)) for b in our_backends(device)}
-        both["eager"] = fwd_bwd(eager)
-        both["compile"] = fwd_bwd(_compiled_reference())
-        both["floor"] = lambda: (x.clone(), torch.add(x, dy))
-        out.append(Case("rms_norm", label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor"))
+    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.rms_norm, backend=b)) for b in our_backends(device)}
+    both["eager"] = fwd_bwd(eager)
+    both["compile"] = fwd_bwd(_compiled_reference())
+    both["floor"] = lambda: (x.clone(), torch.add(x, dy))
+    out.append(Case("rms_norm", label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor"))
     return out
 
 

@@ -41,45 +41,49 @@ def _compiled_reference():
 
 
 def cases(device, quick=False):
+    return [c for tokens in (QUICK_TOKENS if quick else TOKENS) for c in _shape_cases(tokens, device)]
+
+
+def _shape_cases(tokens, device):
+    """One shape's cases: a function of its own so that every closure binds this shape's tensors."""
     out = []
-    for tokens in (QUICK_TOKENS if quick else TOKENS):
-        q = torch.randn(1, tokens, N_Q_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device)
-        k = torch.randn(1, tokens, N_KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device)
-        cos, sin = ek.rotary_cos_sin(tokens, HEAD_DIM, base=10000.0, device=device)
-        dq, dk = torch.randn_like(q), torch.randn_like(k)
-        qk_bytes = (q.numel() + k.numel()) * q.element_size()
-        table_bytes = 2 * cos.numel() * cos.element_size()
-        label = f"{tokens} tok {N_Q_HEADS}/{N_KV_HEADS}x{HEAD_DIM} bf16"
-        meta = dict(tokens=tokens, n_q_heads=N_Q_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
+    q = torch.randn(1, tokens, N_Q_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device)
+    k = torch.randn(1, tokens, N_KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device)
+    cos, sin = ek.rotary_cos_sin(tokens, HEAD_DIM, base=10000.0, device=device)
+    dq, dk = torch.randn_like(q), torch.randn_like(k)
+    qk_bytes = (q.numel() + k.numel()) * q.element_size()
+    table_bytes = 2 * cos.numel() * cos.element_size()
+    label = f"{tokens} tok {N_Q_HEADS}/{N_KV_HEADS}x{HEAD_DIM} bf16"
+    meta = dict(tokens=tokens, n_q_heads=N_Q_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 
-        fwd = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, q, k, cos, sin, backend=b)
+    fwd = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, q, k, cos, sin, backend=b)
+           for b in our_backends(device)}
+    fwd["eager"] = functools.partial(_eager, q, k, cos, sin)
+    fwd["compile"] = functools.partial(_compiled_reference(), q, k, cos, sin)
+    fwd["floor"] = lambda: (q.clone(), k.clone())
+    out.append(Case("rotary", label, "fwd", fwd, bytes=2 * qk_bytes + table_bytes, floor="floor", meta=meta))
+
+    qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
+
+    def fwd_bwd(f):
+        return lambda: torch.autograd.grad(f(qg, kg), (qg, kg), (dq, dk))
+
+    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.apply_rotary, cos=cos, sin=sin, backend=b))
+            for b in our_backends(device)}
+    both["eager"] = fwd_bwd(functools.partial(_eager, cos=cos, sin=sin))
+    both["compile"] = fwd_bwd(functools.partial(_compiled_reference(), cos=cos, sin=sin))
+    both["floor"] = lambda: (q.clone(), k.clone(), dq.clone(), dk.clone())
+    out.append(Case("rotary", label, "fwd+bwd", both, bytes=4 * qk_bytes + 2 * table_bytes, floor="floor",
+                    meta=meta))
+
+    # In place: the buffers are rotated again on every call (a rotation keeps them finite and of equal norm).
+    qb, kb = q.clone(), k.clone()
+    inplace = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend=b)
                for b in our_backends(device)}
-        fwd["eager"] = functools.partial(_eager, q, k, cos, sin)
-        fwd["compile"] = functools.partial(_compiled_reference(), q, k, cos, sin)
-        fwd["floor"] = lambda: (q.clone(), k.clone())
-        out.append(Case("rotary", label, "fwd", fwd, bytes=2 * qk_bytes + table_bytes, floor="floor", meta=meta))
-
-        qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
-
-        def fwd_bwd(f):
-            return lambda: torch.autograd.grad(f(qg, kg), (qg, kg), (dq, dk))
-
-        both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.apply_rotary, cos=cos, sin=sin, backend=b))
-                for b in our_backends(device)}
-        both["eager"] = fwd_bwd(functools.partial(_eager, cos=cos, sin=sin))
-        both["compile"] = fwd_bwd(functools.partial(_compiled_reference(), cos=cos, sin=sin))
-        both["floor"] = lambda: (q.clone(), k.clone(), dq.clone(), dk.clone())
-        out.append(Case("rotary", label, "fwd+bwd", both, bytes=4 * qk_bytes + 2 * table_bytes, floor="floor",
-                        meta=meta))
-
-        # In place: the buffers are rotated again on every call (a rotation keeps them finite and of equal norm).
-        qb, kb = q.clone(), k.clone()
-        inplace = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend=b)
-                   for b in our_backends(device)}
-        inplace["eager"] = functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend="reference")
-        inplace["floor"] = lambda: (qb.mul_(1.0), kb.mul_(1.0))
-        out.append(Case("rotary", label, "inplace", inplace, bytes=2 * qk_bytes + table_bytes, floor="floor",
-                        meta=meta))
+    inplace["eager"] = functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend="reference")
+    inplace["floor"] = lambda: (qb.mul_(1.0), kb.mul_(1.0))
+    out.append(Case("rotary", label, "inplace", inplace, bytes=2 * qk_bytes + table_bytes, floor="floor",
+                    meta=meta))
     return out
 
 

@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+# torch.compile(reference) is traced once per benchmark shape; the default recompile limit (8) would silently
+# fall back to eager after the 8th shape of an op.
+torch._dynamo.config.recompile_limit = 256
+
 
 @dataclass
 class Case:
