@@ -1,13 +1,16 @@
 """eurokernels: fused training kernels for Europe's open multilingual LLMs.
 
 Ops (torch.library, namespace ``eurokernels``), each with the backends reference / cpu / triton / cuda:
-  rms_norm
+  rms_norm, softmax, log_softmax, cross_entropy, linear_cross_entropy, vocab_parallel_cross_entropy,
+  vocab_parallel_linear_cross_entropy
 Choose a backend per call (``backend=``) or per block (``with eurokernels.use_backend("triton"): ...``);
 CPU tensors default to ``cpu``, CUDA tensors to ``triton``.
 """
 from ._backend import BACKENDS, default_backend, use_backend
 from .ops.rms_norm import rms_norm
+from .ops.cross_entropy import cross_entropy
+from .ops.softmax import log_softmax, softmax
 from . import nn, reference
 
-__all__ = ["BACKENDS", "default_backend", "use_backend", "rms_norm", "nn", "reference"]
+__all__ = ["BACKENDS", "default_backend", "use_backend", "rms_norm", "cross_entropy", "softmax", "log_softmax", "nn", "reference"]
 __version__ = "0.1.0"
