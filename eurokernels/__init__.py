@@ -9,8 +9,12 @@ CPU tensors default to ``cpu``, CUDA tensors to ``triton``.
 from ._backend import BACKENDS, default_backend, use_backend
 from .ops.rms_norm import rms_norm
 from .ops.cross_entropy import cross_entropy
+from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.softmax import log_softmax, softmax
+from .ops.vocab_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 from . import nn, reference
 
-__all__ = ["BACKENDS", "default_backend", "use_backend", "rms_norm", "cross_entropy", "softmax", "log_softmax", "nn", "reference"]
+__all__ = ["BACKENDS", "default_backend", "use_backend", "rms_norm", "cross_entropy", "linear_cross_entropy",
+           "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy", "softmax", "log_softmax", "nn",
+           "reference"]
 __version__ = "0.1.0"

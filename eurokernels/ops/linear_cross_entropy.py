@@ -92,15 +92,18 @@ def _tile_logits(h, weight, bias, c0, c1):
     return torch.addmm(bias[c0:c1], h, w.t()) if bias is not None else torch.mm(h, w.t())
 
 
-def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk):
+def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk, vocab_start=0,
+                  vocab_total=None):
     """Per-token (loss, lse) in fp32 over [token_chunk, vocab_chunk] tiles (see the module docstring).
 
     Each tile is a vocabulary shard [c0, c1) for the kernel, called without z-loss: it returns the tile's lse and
     loss_tile = lse_tile - (1 - eps) z_label [label in tile] - eps / V sum(z_tile), so loss_tile - lse_tile is the
     tile's share of the loss's linear terms, which add up over tiles. The z-loss is added once lse is complete.
+    ``weight`` may itself be a shard [vocab_start, vocab_start + rows) of a vocabulary of vocab_total classes.
     """
     ignore_index, label_smoothing, z_loss, softcap = opts
     n, v = hidden2.shape[0], weight.shape[0]
+    vocab_total = v if vocab_total is None else vocab_total
     loss = torch.empty(n, dtype=torch.float32, device=hidden2.device)
     lse = torch.empty(n, dtype=torch.float32, device=hidden2.device)
     for t0 in range(0, n, token_chunk):
@@ -110,7 +113,8 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
         for c0 in range(0, v, vocab_chunk):
             c1 = min(v, c0 + vocab_chunk)
             tile = _tile_logits(h, weight, bias, c0, c1)
-            l_c, lse_c = kernel(tile, lab, None, None, None, None, ignore_index, label_smoothing, 0.0, softcap, c0, v)
+            l_c, lse_c = kernel(tile, lab, None, None, None, None, ignore_index, label_smoothing, 0.0, softcap,
+                                vocab_start + c0, vocab_total)
             lin_c = l_c - lse_c
             if m is None:
                 m, lin = lse_c, lin_c
@@ -124,11 +128,14 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
     return loss, lse
 
 
-def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk):
+def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk,
+                   vocab_start=0, vocab_total=None):
     """(d_hidden, d_weight, d_bias) over tiles; vocabulary chunks outermost so d_weight needs only a chunk-sized
-    fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient."""
+    fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
+    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it)."""
     ignore_index, label_smoothing, z_loss, softcap = opts
     n, v = hidden2.shape[0], weight.shape[0]
+    vocab_total = v if vocab_total is None else vocab_total
     dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=hidden2.device)
     dw = torch.empty_like(weight)
     db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
@@ -143,7 +150,7 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
             h = hidden2[t0:t1]
             tile = _tile_logits(h, weight, bias, c0, c1)
             kernel(tile, labels1[t0:t1], lse[t0:t1], dloss[t0:t1], None if dlse is None else dlse[t0:t1], tile,
-                   ignore_index, label_smoothing, z_loss, softcap, c0, v)
+                   ignore_index, label_smoothing, z_loss, softcap, vocab_start + c0, vocab_total)
             dh[t0:t1] += torch.mm(tile, w)  # the tile's share, rounded once, summed over vocabulary chunks in fp32
             if one_token_chunk:
                 torch.mm(tile.t(), h, out=dw[c0:c1])
