@@ -1,10 +1,12 @@
 // eurokernels._cuda: the CUDA C++ kernels as plain functions (see bindings_cpu.cpp for why not torch ops).
 #include <torch/extension.h>
 
+#include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
   m.def("rms_norm_fwd", &rn::forward_cuda, "RMSNorm forward (CUDA)");
   m.def("rms_norm_bwd", &rn::backward_cuda, "RMSNorm backward (CUDA)");
+  m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
 }

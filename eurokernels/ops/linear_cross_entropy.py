@@ -129,10 +129,10 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
 
 
 def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk,
-                   vocab_start=0, vocab_total=None):
+                   vocab_start=0, vocab_total=None, fp32_dh=False):
     """(d_hidden, d_weight, d_bias) over tiles; vocabulary chunks outermost so d_weight needs only a chunk-sized
     fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
-    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it)."""
+    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it, in fp32: ``fp32_dh``)."""
     ignore_index, label_smoothing, z_loss, softcap = opts
     n, v = hidden2.shape[0], weight.shape[0]
     vocab_total = v if vocab_total is None else vocab_total
@@ -163,7 +163,7 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
             dw[c0:c1] = dw_acc
         if db_acc is not None:
             db[c0:c1] = db_acc
-    return dh.to(hidden2.dtype), dw, db
+    return dh if fp32_dh else dh.to(hidden2.dtype), dw, db
 
 
 # --- ops ------------------------------------------------------------------------------------------------------------
