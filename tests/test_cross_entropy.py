@@ -380,6 +380,30 @@ def test_linear_cross_entropy(device, backend, case, chunk_size):
         torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_linear_grad_in_forward(device, backend, reduction):
+    # The 3-matmul path: gradients computed in the forward over token chunks (ragged: 29 tokens in chunks of 8),
+    # d_weight accumulated in fp32, scaled in the backward by a non-unit upstream gradient.
+    n, hdim, v = 29, 24, 100
+    h = torch.randn(n, hdim, device=device)
+    w = torch.randn(v, hdim, device=device) * 0.3
+    b = torch.randn(v, device=device)
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[[0, 5]] = IGNORE
+    opts = dict(label_smoothing=0.1, z_loss=1e-2, softcap=4.0)
+    ins = [t.clone().requires_grad_() for t in (h, w, b)]
+    loss = ek.linear_cross_entropy(ins[0], ins[1], labels, bias=ins[2], reduction=reduction, chunk_size=(8, 16),
+                                   grad_in_forward=True, backend=backend, **opts)
+    assert "grad_in_forward" in type(loss.grad_fn).__name__  # the path under test actually ran
+    tru = [t.double().requires_grad_() for t in (h, w, b)]
+    loss_t = linear_truth(*tru, labels, reduction, **opts)
+    torch.testing.assert_close(loss.double(), loss_t, atol=1e-5, rtol=1e-5)
+    (loss * 2.5).backward()
+    (loss_t * 2.5).backward()
+    for name, got, t in zip(("d_hidden", "d_weight", "d_bias"), ins, tru):
+        torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_linear_cross_entropy_low_precision(device, backend, dtype):
     # Against fp64 truth on the same low-precision inputs, bounded by F.linear + F.cross_entropy's own error in that
@@ -474,14 +498,18 @@ def test_linear_opcheck(device, backend):
     labels = torch.tensor([1, IGNORE, 19, 0, 7, 7], device=device)
     opts = (IGNORE, 0.1, 1e-3, 4.0, 4, 8)
     torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy.default, (h, w, b, labels, *opts, backend))
+    torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_grad_in_forward.default,
+                          (h, w, b, labels, *opts[:-1], True, backend))
     lse = torch.randn(6, device=device)
     torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_backward.default,
                           (torch.randn(6, device=device), None, h.detach(), w.detach(), b.detach(), labels, lse,
                            *opts, backend))
 
 
-def test_linear_compile_fullgraph(device, backend):
-    head = ek.nn.LinearCrossEntropyLoss(16, 90, bias=True, z_loss=1e-3, chunk_size=(4, 32), backend=backend)
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_linear_compile_fullgraph(device, backend, grad_in_forward):
+    head = ek.nn.LinearCrossEntropyLoss(16, 90, bias=True, z_loss=1e-3, chunk_size=(4, 32),
+                                        grad_in_forward=grad_in_forward, backend=backend)
     head = head.to(device)
     h = torch.randn(3, 4, 16, device=device, requires_grad=True)
     labels = torch.randint(0, 90, (3, 4), device=device)
