@@ -157,6 +157,9 @@ def test_true_class_term_exact_bf16(device, backend):
     exact = torch.softmax(x.detach().double(), -1)[:, 3] - 1
     got = x.grad[:, 3].double()
     assert (got - exact).abs().max() <= 2 ** -8 * exact.abs().max(), (got, exact)
+    # Negative control: the naive order (round the softmax to bf16, then subtract 1) fails the same bound.
+    naive = (torch.softmax(x.detach().float(), -1).to(torch.bfloat16) - 1)[:, 3].double()
+    assert (naive - exact).abs().max() > 2 ** -8 * exact.abs().max()
 
 
 def test_inplace_backward(device, backend):
