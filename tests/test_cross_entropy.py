@@ -280,6 +280,26 @@ def test_compile_fullgraph(device, backend, inplace):
         torch.testing.assert_close(got, t.grad)
 
 
+def test_compile_inductor_cpu():
+    # One end-to-end inductor compile (slow on CPU, so once): the ops stay opaque calls; the in-place backward's
+    # mutation is functionalized and re-inplaced by inductor; the grad_in_forward op compiles too.
+    head = torch.nn.Linear(32, 300)
+    lce = ek.nn.LinearCrossEntropyLoss(32, 300, grad_in_forward=True)
+    h = torch.randn(8, 32, requires_grad=True)
+    labels = torch.randint(0, 300, (8,))
+
+    def step(h):
+        return ek.cross_entropy(head(h), labels, z_loss=1e-3, inplace_backward=True) + lce(h, labels)
+
+    torch.compile(step, fullgraph=True)(h).backward()
+    got = [t.grad.clone() for t in (h, head.weight, lce.weight)]
+    for t in (h, head.weight, lce.weight):
+        t.grad = None
+    step(h).backward()
+    for g, t in zip(got, (h, head.weight, lce.weight)):
+        torch.testing.assert_close(g, t.grad)
+
+
 def test_module_matches_pytorch(device, backend):
     logits, labels = make(6, 77, torch.float32, device)
     ours = ek.nn.CrossEntropyLoss(label_smoothing=0.1, backend=backend)
