@@ -137,6 +137,16 @@ def test_all_ignored(device, backend, reduction):
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_empty(device, backend):
+    x = torch.randn(0, 10, device=device, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long, device=device)
+    loss = ek.cross_entropy(x, labels, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.shape == (0, 10)
+    assert ek.cross_entropy(x, labels, reduction="none", backend=backend).shape == (0,)
+    assert ek.softmax(x, backend=backend).shape == (0, 10)
+
+
 def test_custom_ignore_index_and_int32_labels(device, backend):
     logits, labels = make(5, 64, torch.float32, device, ignore=())
     labels[3] = 7
