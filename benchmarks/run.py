@@ -12,7 +12,7 @@ import torch
 
 from .harness import format_table, machine, run_case, write_json, write_plots
 
-OPS = ["rms_norm", "rotary", "attention"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
+OPS = ["rms_norm", "rotary", "cross_entropy", "attention"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
 
 
 def main(argv=None):

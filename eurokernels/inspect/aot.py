@@ -29,6 +29,8 @@ SPEC_MODULES = [
     "eurokernels.triton.rms_norm",
     "eurokernels.triton.rotary",
     "eurokernels.triton.attention",
+    "eurokernels.triton.cross_entropy",
+    "eurokernels.triton.softmax",
 ]
 
 # The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.
