@@ -9,23 +9,20 @@ runs only where that fits comfortably in memory (seqlen <= 2048).
 TFLOP/s count only unmasked work: forward = 4 * head_dim * heads_q * P, where P is the number of visible
 (query, key) pairs (s (s + 1) / 2 per causal document of s tokens: two matmuls of 2 * head_dim flops per pair);
 forward + backward = 3.5 x that (the backward's five matmuls are 2.5 x the forward's two).
-Peak memory: on CPU, the rise of the process's resident-set high-water mark during one call (Linux: reset through
-/proc/self/clear_refs), which counts every allocation (PyTorch's, oneDNN's and the kernels' own buffers).
+Peak memory (harness.peak_memory_mb): on CPU, the rise of the process's resident-set high-water mark during one
+call, which counts every allocation (PyTorch's, oneDNN's and the kernels' own buffers).
 
-Run: `python -m benchmarks.run --ops attention`, `python -m benchmarks.bench_attention` (adds CPU peak memory), or
-`pytest benchmarks/bench_attention.py`.
+Run: `python -m benchmarks.run --ops attention`, or `pytest benchmarks/bench_attention.py`.
 """
 import functools
-import gc
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, pytest_benchmark_case
+from .harness import Case, benchmark_test
 
 HEADS_Q, HEADS_K, HEAD_DIM = 32, 8, 128
 SEQLENS = [2048, 4096, 8192]
@@ -102,68 +99,6 @@ def cases(device, quick=False):
     return out
 
 
-@functools.cache
-def _glibc():
-    """glibc with large blocks forced to mmap (M_MMAP_THRESHOLD = 64 KiB, fixed): a freed buffer then leaves the
-    resident set instead of being kept for reuse, so every call's allocations show in the high-water mark."""
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * 1024)
-    return libc
+# pytest-benchmark: `pytest benchmarks/bench_attention.py` runs the quick cases; the CLI covers every shape.
+test_attention = benchmark_test(cases)
 
-
-def peak_rss_mb(fn):
-    """Rise of the resident-set high-water mark during one fn() call (Linux, glibc), in MB; None elsewhere."""
-    def status(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(key))
-    try:
-        libc = _glibc()
-        gc.collect()
-        libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        base = status("VmRSS:")
-        fn()
-        return (status("VmHWM:") - base) / 1024
-    except (OSError, StopIteration, AttributeError):
-        return None
-
-
-def main():
-    """Like `python -m benchmarks.run --ops attention`, plus the CPU peak memory of each provider."""
-    import sys
-    from .harness import format_table, run_case
-
-    quick = "--quick" in sys.argv
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
-    for case in cases(device, quick=quick):
-        case_rows = run_case(case, device, progress=lambda s: print(s, file=sys.stderr, flush=True))
-        if device == "cpu":
-            for r in case_rows:
-                r["peak_mb"] = peak_rss_mb(case.providers[r["provider"]])
-        rows += case_rows
-    print(format_table(rows))
-
-
-# --- pytest-benchmark: `pytest benchmarks/bench_attention.py` (quick shapes; the CLI covers all) ---------------
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@functools.cache
-def _cases():
-    return cases(DEVICE, quick=True)
-
-
-def _ids():
-    return [(i, p) for i, c in enumerate(_cases()) for p in c.providers]
-
-
-@pytest.mark.parametrize("index,provider", _ids(), ids=[f"{_cases()[i].mode}-{p}" for i, p in _ids()])
-def test_attention(benchmark, index, provider):
-    pytest_benchmark_case(benchmark, _cases()[index], provider, DEVICE)
-
-
-if __name__ == "__main__":
-    main()

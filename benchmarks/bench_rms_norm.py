@@ -8,13 +8,12 @@ Run: `python -m benchmarks.run --ops rms_norm` or `pytest benchmarks/bench_rms_n
 """
 import functools
 
-import pytest
 import torch
 
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, pytest_benchmark_case
+from .harness import Case, benchmark_test
 
 SHAPES = [(t, h) for t in (4096, 8192, 16384) for h in (2048, 4096, 6144)]
 QUICK_SHAPES = [(8192, 4096)]
@@ -32,7 +31,8 @@ def _compiled_reference():
 
 
 def cases(device, quick=False):
-    return [c for tokens, hidden in (QUICK_SHAPES if quick else SHAPES) for c in _shape_cases(tokens, hidden, device)]
+    # A generator: each shape's tensors exist only while its cases run.
+    return (c for tokens, hidden in (QUICK_SHAPES if quick else SHAPES) for c in _shape_cases(tokens, hidden, device))
 
 
 def _shape_cases(tokens, hidden, device):
@@ -62,19 +62,5 @@ def _shape_cases(tokens, hidden, device):
     return out
 
 
-# --- pytest-benchmark: `pytest benchmarks/bench_rms_norm.py` (quick shapes; the CLI covers all) ----------------
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@functools.cache
-def _cases():
-    return cases(DEVICE, quick=True)
-
-
-def _ids():
-    return [(i, p) for i, c in enumerate(_cases()) for p in c.providers]
-
-
-@pytest.mark.parametrize("index,provider", _ids(), ids=[f"{_cases()[i].mode}-{p}" for i, p in _ids()])
-def test_rms_norm(benchmark, index, provider):
-    pytest_benchmark_case(benchmark, _cases()[index], provider, DEVICE)
+# pytest-benchmark: `pytest benchmarks/bench_rms_norm.py` runs the quick cases; the CLI covers every shape.
+test_rms_norm = benchmark_test(cases)

@@ -12,13 +12,12 @@ Run: `python -m benchmarks.run --ops rotary` or `pytest benchmarks/bench_rotary.
 """
 import functools
 
-import pytest
 import torch
 
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, pytest_benchmark_case
+from .harness import Case, benchmark_test
 
 N_Q_HEADS, N_KV_HEADS, HEAD_DIM = 32, 8, 128  # EuroLLM-9B
 TOKENS = [4096, 8192, 16384]
@@ -41,7 +40,8 @@ def _compiled_reference():
 
 
 def cases(device, quick=False):
-    return [c for tokens in (QUICK_TOKENS if quick else TOKENS) for c in _shape_cases(tokens, device)]
+    # A generator: each shape's tensors exist only while its cases run.
+    return (c for tokens in (QUICK_TOKENS if quick else TOKENS) for c in _shape_cases(tokens, device))
 
 
 def _shape_cases(tokens, device):
@@ -87,19 +87,5 @@ def _shape_cases(tokens, device):
     return out
 
 
-# --- pytest-benchmark: `pytest benchmarks/bench_rotary.py` (quick shapes; the CLI covers all) ---------------------
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@functools.cache
-def _cases():
-    return cases(DEVICE, quick=True)
-
-
-def _ids():
-    return [(i, p) for i, c in enumerate(_cases()) for p in c.providers]
-
-
-@pytest.mark.parametrize("index,provider", _ids(), ids=[f"{_cases()[i].mode}-{p}" for i, p in _ids()])
-def test_rotary(benchmark, index, provider):
-    pytest_benchmark_case(benchmark, _cases()[index], provider, DEVICE)
+# pytest-benchmark: `pytest benchmarks/bench_rotary.py` runs the quick cases; the CLI covers every shape.
+test_rotary = benchmark_test(cases)

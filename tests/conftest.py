@@ -12,7 +12,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-import eurokernels  # noqa: E402
 from eurokernels import _ext  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

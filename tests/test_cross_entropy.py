@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten
 
 import eurokernels as ek
 from eurokernels import reference as ref
-from tolerances import assert_within_torch_error, max_err
+from tolerances import assert_within_torch_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IGNORE = -100

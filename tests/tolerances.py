@@ -6,7 +6,6 @@ where ``truth`` is the op computed in fp64 and ``torch_out`` is what plain PyTor
 precision. For fp32 inputs PyTorch's own error is ~1e-7, so ``atol`` (a few fp32 ulps of the output scale)
 carries the bound.
 """
-import torch
 
 
 def max_err(a, b):

@@ -14,7 +14,6 @@ block of queries (forward, dq) or keys (dk/dv).
 - A row that sees no key keeps m = -inf and l = 0: output 0, lse = -inf; the backward reads that lse as +inf so
   exp2(s - lse) = 0.
 """
-import math
 from dataclasses import dataclass
 
 import torch
