@@ -2,9 +2,11 @@
 #include <torch/extension.h>
 
 #include "rms_norm/rms_norm.h"
+#include "rotary/rotary.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
   m.def("rms_norm_fwd", &rn::forward_cuda, "RMSNorm forward (CUDA)");
   m.def("rms_norm_bwd", &rn::backward_cuda, "RMSNorm backward (CUDA)");
+  m.def("rotary", &eurokernels::rotary::rotary_cuda, "Rotary embeddings, out of place or in place (CUDA)");
 }

@@ -33,9 +33,10 @@ def lazy(module, attr):
     return call
 
 
-def define_op(name, schema, impls, fake):
+def define_op(name, schema, impls, fake, mutates_args=()):
     """Declare ``eurokernels::<name>`` with ``schema``; ``impls`` maps backend name -> callable taking the schema's
-    arguments without the trailing backend; ``fake`` (same arguments) computes output metadata for tracing."""
+    arguments without the trailing backend; ``fake`` (same arguments) computes output metadata for tracing.
+    ``mutates_args`` names the arguments an in-place op writes (they carry ``(a!)`` annotations in the schema)."""
     def kernel_for(device_type):
         allowed = DEVICE_BACKENDS[device_type]
 
@@ -51,7 +52,7 @@ def define_op(name, schema, impls, fake):
         kernel.__name__ = f"{name}_{device_type}"
         return kernel
 
-    op = torch.library.custom_op(f"{NAMESPACE}::{name}", kernel_for("cpu"), mutates_args=(),
+    op = torch.library.custom_op(f"{NAMESPACE}::{name}", kernel_for("cpu"), mutates_args=mutates_args,
                                  device_types="cpu", schema=schema)
     op.register_kernel("cuda", kernel_for("cuda"))
     op.register_fake(lambda *args: fake(*args[:-1]))  # output metadata never depends on the backend

@@ -60,3 +60,137 @@ def rms_norm_backward(dy, h, weight, rstd, dresidual_out=None, offset=0.0):
         dh = dh + up(dresidual_out)
     dw = None if weight is None else (dyf * nhat).reshape(-1, h.shape[-1]).sum(0).to(weight.dtype)
     return dh.to(h.dtype), dw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rotary position embeddings
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def rotary_positions(tokens_shape, position_ids=None, cu_seqlens=None, device=None):
+    """The position of every token, as int64 of shape ``tokens_shape`` ([batch, seqlen] or [total_tokens]), and a
+    bool mask of the tokens that have one.
+
+    ``position_ids`` wins when given; else packed tokens (``cu_seqlens`` given, layout [total_tokens]) count from
+    the start of their sequence; else the position is the index along seqlen. A packed token outside
+    [cu_seqlens[0], cu_seqlens[-1]) belongs to no sequence and has no position.
+    """
+    if position_ids is not None:
+        pos = position_ids.to(torch.int64).reshape(tokens_shape)
+        return pos, torch.ones_like(pos, dtype=torch.bool)
+    if cu_seqlens is not None:
+        t = torch.arange(tokens_shape[0], device=device)
+        cu = cu_seqlens.to(torch.int64)
+        seq = torch.searchsorted(cu, t, right=True) - 1  # the last sequence start <= t
+        valid = (seq >= 0) & (seq < cu.numel() - 1) & (t < cu[-1])
+        pos = t - cu[seq.clamp(0, max(cu.numel() - 2, 0))]
+        return pos, valid
+    pos = torch.arange(tokens_shape[-1], device=device).expand(tokens_shape)
+    return pos, torch.ones_like(pos, dtype=torch.bool)
+
+
+def apply_rotary(q, k, cos, sin, position_ids=None, cu_seqlens=None, interleaved=False, conjugate=False):
+    """Rotate the first ``rotary_dim = 2 * cos.shape[1]`` features of every head of q and k; returns (q_out, k_out).
+
+    Layout [batch, seqlen, heads, head_dim], or [total_tokens, heads, head_dim] with ``cu_seqlens``. For the pair
+    (x1, x2) at frequency i of a token at position p, with c = cos[p, i], s = sin[p, i]:
+        out1 = x1 * c - x2 * s,   out2 = x2 * c + x1 * s        (a rotation by +theta)
+    ``conjugate=True`` rotates by -theta (s -> -s): the transpose, hence the backward of the forward.
+    Pairs: NeoX/Llama (``interleaved=False``) pairs feature i with i + rotary_dim / 2; GPT-J (``interleaved=True``)
+    pairs 2i with 2i + 1. Features past rotary_dim pass through. fp32 math (fp64 kept), cast back once.
+    A token without a valid position (outside the table, or outside every packed sequence) gets NaN in its
+    rotated features: the kernels' behaviour where such positions cannot be checked without a host sync.
+    """
+    tokens_shape = q.shape[:-2]
+    pos, valid = rotary_positions(tokens_shape, position_ids, cu_seqlens, q.device)
+    n_pos = cos.shape[0]
+    valid = valid & (pos >= 0) & (pos < n_pos)
+    idx = torch.where(valid, pos, torch.zeros_like(pos))
+    nan = torch.tensor(float("nan"), dtype=up(cos).dtype, device=cos.device)
+    c = torch.where(valid[..., None], up(cos)[idx], nan)[..., None, :]  # [..., 1, half]: broadcast over heads
+    s = torch.where(valid[..., None], up(sin)[idx], nan)[..., None, :]
+    if conjugate:
+        s = -s
+    return _rotate(q, c, s, interleaved), _rotate(k, c, s, interleaved)
+
+
+def _rotate(x, c, s, interleaved):
+    half = c.shape[-1]
+    xf = up(x)
+    if interleaved:
+        x1, x2 = xf[..., 0:2 * half:2], xf[..., 1:2 * half:2]
+    else:
+        x1, x2 = xf[..., :half], xf[..., half:2 * half]
+    o1, o2 = x1 * c - x2 * s, x2 * c + x1 * s
+    rotated = torch.stack((o1, o2), -1).flatten(-2) if interleaved else torch.cat((o1, o2), -1)
+    return torch.cat((rotated, xf[..., 2 * half:]), -1).to(x.dtype)
+
+
+def rotary_inv_freq(rotary_dim, base=10000.0, scaling=None, max_positions=None):
+    """(inv_freq fp32 [rotary_dim // 2], attention_factor) with the same arithmetic (fp32 tensors, Python-float
+    scalars) as Hugging Face's rope initialisation for rope_type default / linear / dynamic / yarn / llama3.
+
+    ``scaling`` is validated by eurokernels.ops.rotary.rotary_cos_sin; here it is trusted.
+    """
+    import math
+    dim = rotary_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(torch.float32) / dim
+    rope_type = (scaling or {}).get("rope_type", scaling.get("type") if scaling else None) or "default"
+    attention_factor = 1.0
+    if rope_type == "dynamic":
+        # HF: seq_len = max(seq_len, original); base' = base * (factor * seq_len / original - (factor - 1))^(d/(d-2))
+        factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
+        seq_len = max(max_positions, orig)
+        base = base * ((factor * seq_len / orig) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** exponents)
+    if rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif rope_type == "yarn":
+        factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
+
+        def get_mscale(scale, m=1.0):
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attention_factor = scaling.get("attention_factor")
+        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if attention_factor is None:
+            if mscale and mscale_all_dim:
+                attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+            else:
+                attention_factor = get_mscale(factor)
+        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+        def correction_dim(rotations):
+            return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001  # avoid a division by zero, as HF does
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        pos_freqs = base ** exponents
+        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+        extrapolation_factor = 1 - ramp
+        inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
+    elif rope_type == "llama3":
+        factor, low_ff, high_ff = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        orig = scaling["original_max_position_embeddings"]
+        low_freq_wavelen, high_freq_wavelen = orig / low_ff, orig / high_ff
+        wavelen = 2 * math.pi / inv_freq
+        llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (orig / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * llama / factor + smooth * llama
+        medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        inv_freq = torch.where(medium, smoothed, llama)
+    return inv_freq, float(attention_factor)
+
+
+def rotary_cos_sin(max_positions, rotary_dim, base=10000.0, scaling=None, dtype=torch.float32, device=None):
+    """cos/sin tables [max_positions, rotary_dim // 2]: angle = position * inv_freq in fp32 (HF computes the same
+    single fp32 product), times the attention factor (YaRN; 1 otherwise), then cast to ``dtype``."""
+    inv_freq, attention_factor = rotary_inv_freq(rotary_dim, base, scaling, max_positions)
+    inv_freq = inv_freq.to(device)
+    angles = torch.outer(torch.arange(max_positions, device=device, dtype=torch.int64).float(), inv_freq)
+    return ((angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype))
