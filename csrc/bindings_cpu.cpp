@@ -3,12 +3,17 @@
 // includes torch/extension.h, because that header alone costs most of the build time.
 #include <torch/extension.h>
 
+#include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
+#include "softmax/softmax.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
   m.def("rms_norm_fwd", &rn::forward_cpu, "RMSNorm forward (CPU)");
   m.def("rms_norm_bwd", &rn::backward_cpu, "RMSNorm backward (CPU)");
   m.def("rotary", &eurokernels::rotary::rotary_cpu, "Rotary embeddings, out of place or in place (CPU)");
+  m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
+  m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
+  m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
 }

@@ -63,3 +63,57 @@ class RotaryEmbedding(torch.nn.Module):
     def extra_repr(self):
         return (f"head_dim={self.head_dim}, max_positions={self.max_positions}, base={self.base}, "
                 f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}, scaling={self.scaling}")
+class CrossEntropyLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.CrossEntropyLoss`` with class-index targets, plus z-loss, soft cap and an optional
+    in-place backward (eurokernels.cross_entropy). ``forward(logits [..., V], labels [...])``."""
+
+    def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
+                 inplace_backward=False, backend=None):
+        super().__init__()
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.z_loss, self.softcap, self.inplace_backward, self.backend = z_loss, softcap, inplace_backward, backend
+
+    def forward(self, logits, labels):
+        from .ops.cross_entropy import cross_entropy
+        return cross_entropy(logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                             z_loss=self.z_loss, softcap=self.softcap, reduction=self.reduction,
+                             inplace_backward=self.inplace_backward, backend=self.backend)
+
+    def extra_repr(self):
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}")
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """The LM head and its loss in one: ``cross_entropy(hidden @ weight.T + bias, labels)`` without the [N, V]
+    logits (eurokernels.linear_cross_entropy). Owns the head's ``weight`` ([vocab_size, hidden_size]) and optional
+    ``bias``; ``forward(hidden [..., H], labels [...])``. To tie it to an existing ``nn.Linear`` head or embedding,
+    assign that parameter to ``self.weight``."""
+
+    def __init__(self, hidden_size, vocab_size, bias=False, *, ignore_index=-100, reduction="mean",
+                 label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, backend=None, device=None,
+                 dtype=None):
+        super().__init__()
+        self.hidden_size, self.vocab_size = hidden_size, vocab_size
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.z_loss, self.softcap, self.chunk_size, self.backend = z_loss, softcap, chunk_size, backend
+        self.weight = torch.nn.Parameter(torch.empty(vocab_size, hidden_size, device=device, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.empty(vocab_size, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):  # as torch.nn.Linear
+        torch.nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        if self.bias is not None:
+            bound = 1 / self.hidden_size ** 0.5
+            torch.nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, hidden, labels):
+        from .ops.linear_cross_entropy import linear_cross_entropy
+        return linear_cross_entropy(hidden, self.weight, labels, bias=self.bias, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+                                    reduction=self.reduction, chunk_size=self.chunk_size, backend=self.backend)
+
+    def extra_repr(self):
+        return (f"{self.hidden_size}, {self.vocab_size}, bias={self.bias is not None}, "
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, "
+                f"softcap={self.softcap}")

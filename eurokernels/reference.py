@@ -194,3 +194,103 @@ def rotary_cos_sin(max_positions, rotary_dim, base=10000.0, scaling=None, dtype=
     inv_freq = inv_freq.to(device)
     angles = torch.outer(torch.arange(max_positions, device=device, dtype=torch.int64).float(), inv_freq)
     return ((angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype))
+# Softmax, log-softmax and cross-entropy over a (large) vocabulary
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def softmax(x, log=False):
+    """softmax (or log_softmax) over the last dimension in fp32 math, cast back to x's dtype."""
+    y = torch.log_softmax(up(x), -1) if log else torch.softmax(up(x), -1)
+    return y.to(x.dtype)
+
+
+def softmax_backward(dy, y, log=False):
+    """Gradient of softmax / log_softmax w.r.t. its input, given the output y:
+    softmax: dx = y * (dy - sum(dy * y)); log_softmax: dx = dy - exp(y) * sum(dy)."""
+    dyf, yf = up(dy), up(y)
+    if log:
+        dx = dyf - torch.exp(yf) * dyf.sum(-1, keepdim=True)
+    else:
+        dx = yf * (dyf - (dyf * yf).sum(-1, keepdim=True))
+    return dx.to(y.dtype)
+
+
+def _capped(x, softcap):
+    """The logits after Gemma-2's soft cap ``softcap * tanh(x / softcap)`` (softcap 0: no cap)."""
+    return softcap * torch.tanh(x / softcap) if softcap else x
+
+
+def _target_terms(labels, ignore_index, vocab_start, v_local, vocab_total):
+    valid = labels != ignore_index
+    local = labels - vocab_start
+    in_shard = valid & (local >= 0) & (local < v_local)
+    bad = valid & ((labels < 0) | (labels >= vocab_total))  # out-of-range label: NaN (CPU kernels raise instead)
+    return valid, local.clamp(0, max(v_local - 1, 0)), in_shard, bad
+
+
+def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=0.0,
+                  vocab_start=0, vocab_total=None):
+    """Per-token cross-entropy in fp32 math: ``(loss, lse)``, both fp32 (fp64 kept), shape ``labels.shape``.
+
+    With ``z = softcap * tanh(logits / softcap)`` (or the logits), ``lse = logsumexp(z)`` and eps the smoothing,
+        loss = lse + z_loss * lse^2 - (1 - eps) * z[label] - eps / V * sum(z)
+    which is PyTorch's label smoothing ((1 - eps) * NLL + eps * mean over classes of -log p) plus PaLM's z-loss.
+    Rows whose label is ``ignore_index`` have loss 0 (their lse is still returned). ``vocab_start`` /
+    ``vocab_total`` describe a vocabulary shard (labels are global ids; the target term is only added where the
+    label falls in the shard); by default the logits hold the whole vocabulary.
+    """
+    z = _capped(up(logits), softcap)
+    v = z.shape[-1]
+    vocab_total = v if vocab_total is None else vocab_total
+    valid, local, in_shard, bad = _target_terms(labels, ignore_index, vocab_start, v, vocab_total)
+    lse = torch.logsumexp(z, -1)
+    zt = torch.gather(z, -1, local.unsqueeze(-1)).squeeze(-1)
+    loss = lse + z_loss * lse * lse - (1.0 - label_smoothing) * torch.where(in_shard, zt, 0.0)
+    if label_smoothing:
+        loss = loss - label_smoothing / vocab_total * z.sum(-1)
+    loss = torch.where(valid, loss, 0.0)
+    return torch.where(bad, float("nan"), loss), lse
+
+
+def cross_entropy_backward(dloss, dlse, logits, labels, lse, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                           softcap=0.0, vocab_start=0, vocab_total=None):
+    """Gradient of (loss, lse) of ``cross_entropy`` w.r.t. the logits, fp32 math, cast to the logits' dtype:
+        dz_j = g * (p_j * (1 + 2 z_loss lse) - (1 - eps) [j == label] - eps / V) + g_lse * p_j,  p = exp(z - lse)
+        dx_j = dz_j * (1 - (z_j / softcap)^2)   with a soft cap (tanh' = 1 - tanh^2)
+    where g is ``dloss`` (0 on ignored rows) and g_lse is ``dlse`` (None: 0). The true-class term is added in
+    fp32 before the single rounding, so p - 1 never cancels in low precision.
+    """
+    x = up(logits)
+    z = _capped(x, softcap)
+    v = z.shape[-1]
+    vocab_total = v if vocab_total is None else vocab_total
+    valid, local, in_shard, bad = _target_terms(labels, ignore_index, vocab_start, v, vocab_total)
+    lse = lse.to(z.dtype)
+    g = torch.where(valid, up(dloss).to(z.dtype), 0.0)
+    coef = g * (1.0 + 2.0 * z_loss * lse)
+    if dlse is not None:
+        coef = coef + up(dlse).to(z.dtype)
+    dz = coef[..., None] * torch.exp(z - lse[..., None]) - (g * label_smoothing / vocab_total)[..., None]
+    target = torch.where(in_shard, -(1.0 - label_smoothing) * g, 0.0)
+    dz = dz.scatter_add(-1, local.unsqueeze(-1), target.unsqueeze(-1))
+    if softcap:
+        dz = dz * (1.0 - (z / softcap) ** 2)
+    dz = torch.where(bad[..., None], float("nan"), dz)
+    return dz.to(logits.dtype)
+
+
+def linear(hidden, weight, bias=None):
+    """The LM head's logits in fp32 math (not rounded to the inputs' dtype)."""
+    return torch.nn.functional.linear(up(hidden), up(weight), up(bias))
+
+
+def linear_cross_entropy_backward(dloss, dlse, hidden, weight, bias, labels, lse, ignore_index=-100,
+                                  label_smoothing=0.0, z_loss=0.0, softcap=0.0):
+    """Gradients (d_hidden, d_weight, d_bias or empty) of cross_entropy(linear(hidden, weight, bias)), fp32 math
+    on the unrounded logits, each cast to its input's dtype once."""
+    dlogits = cross_entropy_backward(dloss, dlse, linear(hidden, weight, bias), labels, lse, ignore_index,
+                                     label_smoothing, z_loss, softcap)
+    dh = dlogits @ up(weight)
+    dw = dlogits.transpose(-1, -2) @ up(hidden)
+    db = dlogits.sum(0).to(bias.dtype) if bias is not None else weight.new_empty(0)
+    return dh.to(hidden.dtype), dw.to(weight.dtype), db

@@ -1,0 +1,120 @@
+// Softmax / log-softmax on CPU for any row length: the log-sum-exp in one sweep over memory (the blockwise online
+// softmax shared with cross-entropy), then the output in a second sweep over the row while it is in L2.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "common.h"
+#include "cpu_vec.h"
+#include "cross_entropy/online_softmax_cpu.h"
+#include "softmax/softmax.h"
+
+namespace eurokernels::softmax {
+namespace {
+
+using cpu::kStep;
+using cpu::Vec;
+
+int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
+
+void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == n, name, " must be [", rows, ", ", n, "], got ",
+              t.sizes());
+  TORCH_CHECK(n <= 1 || t.stride(1) == 1, name, " must be contiguous along its last dimension");
+}
+
+}  // namespace
+
+at::Tensor forward_cpu(const at::Tensor& x, bool log) {
+  CHECK_DEVICE(x, at::kCPU);
+  CHECK_DIM(x, 2);
+  const int64_t rows = x.size(0), n = x.size(1);
+  check_rows(x, "x", rows, n);
+  at::Tensor y = at::empty({rows, n}, x.options());
+  if (rows == 0 || n == 0) return y;
+  EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_fwd_cpu", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t sx = x.stride(0);
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
+      std::vector<float> buf(cpu::kSoftmaxBlock);
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* xr = xp + r * sx;
+        scalar_t* yr = yp + r * n;
+        const float lse = cpu::online_stats(xr, n, 0.f, false, buf.data()).lse;
+        const Vec vl(lse);
+        int64_t i = 0;
+        for (; i + kStep <= n; i += kStep) {
+          auto [a, b] = cpu::load2(xr + i);
+          if (log) {
+            cpu::store2(yr + i, a - vl, b - vl);
+          } else {
+            cpu::store2(yr + i, (a - vl).exp_u20(), (b - vl).exp_u20());
+          }
+        }
+        for (; i < n; ++i) {
+          const float v = static_cast<float>(xr[i]) - lse;
+          yr[i] = static_cast<scalar_t>(log ? v : std::exp(v));
+        }
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& y, bool log) {
+  CHECK_DEVICE(y, at::kCPU);
+  CHECK_DIM(y, 2);
+  const int64_t rows = y.size(0), n = y.size(1);
+  check_rows(y, "y", rows, n);
+  check_rows(dy, "dy", rows, n);
+  CHECK_DTYPE(dy, y.scalar_type());
+  at::Tensor dx = at::empty({rows, n}, y.options());
+  if (rows == 0 || n == 0) return dx;
+  EK_DISPATCH_FLOAT_TYPES(y.scalar_type(), "softmax_bwd_cpu", [&] {
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const scalar_t* ypp = y.const_data_ptr<scalar_t>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    const int64_t sdy = dy.stride(0), sy = y.stride(0);
+    at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* d = dyp + r * sdy;
+        const scalar_t* yr = ypp + r * sy;
+        scalar_t* out = dxp + r * n;
+        // softmax: c = sum(dy * y), dx = y * (dy - c);  log_softmax: c = sum(dy), dx = dy - exp(y) * c
+        Vec acc(0.f);
+        int64_t i = 0;
+        for (; i + kStep <= n; i += kStep) {
+          auto [da, db] = cpu::load2(d + i);
+          if (log) {
+            acc = acc + da + db;
+          } else {
+            auto [ya, yb] = cpu::load2(yr + i);
+            acc = at::vec::fmadd(da, ya, at::vec::fmadd(db, yb, acc));
+          }
+        }
+        float c = cpu::reduce_sum(acc);
+        for (; i < n; ++i) c += static_cast<float>(d[i]) * (log ? 1.f : static_cast<float>(yr[i]));
+        const Vec vc(c);
+        i = 0;
+        for (; i + kStep <= n; i += kStep) {
+          auto [da, db] = cpu::load2(d + i);
+          auto [ya, yb] = cpu::load2(yr + i);
+          if (log) {
+            cpu::store2(out + i, da - ya.exp_u20() * vc, db - yb.exp_u20() * vc);
+          } else {
+            cpu::store2(out + i, ya * (da - vc), yb * (db - vc));
+          }
+        }
+        for (; i < n; ++i) {
+          const float dv = static_cast<float>(d[i]), yv = static_cast<float>(yr[i]);
+          out[i] = static_cast<scalar_t>(log ? dv - std::exp(yv) * c : yv * (dv - c));
+        }
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace eurokernels::softmax

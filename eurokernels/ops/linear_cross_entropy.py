@@ -1,0 +1,248 @@
+"""Cross-entropy of a linear layer's output (the LM head) without materializing the [tokens, V] logits.
+
+Registered ops:
+  eurokernels::linear_cross_entropy           (hidden, weight, bias, labels, ...) -> (loss [N] fp32, lse [N] fp32)
+  eurokernels::linear_cross_entropy_backward  -> (d_hidden, d_weight, d_bias)
+Backends: reference (plain fp32 math, unchunked: the oracle), cpu / triton / cuda (the tiled loop below, with each
+backend's fused cross-entropy kernel).
+
+How the cpu / triton / cuda backends work (what is fused and what is not): the logits are computed one tile of
+[token_chunk, vocab_chunk] at a time by a torch matmul (``addmm``: MKL / oneDNN on CPU, cuBLAS on GPU); the
+cross-entropy of a tile is our fused kernel, treating the tile as a vocabulary shard exactly as the vocab-parallel
+loss treats a rank's slice:
+  forward   per tile: one kernel call -> the tile's lse and its linear loss terms; tiles are merged with an online
+            log-sum-exp. Nothing but [N] vectors survives a tile. (1 matmul per tile.)
+  backward  per tile: recompute the tile's logits, one kernel call writes the gradient of the logits *into the tile
+            itself* (no second buffer), then d_hidden += dlogits @ W_c and d_weight[c] += dlogits^T @ h_t.
+            (3 matmuls per tile.)
+So 4 matmuls in all against 3 for an unfused LM head + loss: the price of never holding [N, V]. Extra memory is
+one tile in the logits' dtype plus fp32 accumulators of the size of the gradients' own chunks (d_hidden [N, H],
+d_weight [vocab_chunk, H]), never N x V. Vocabulary chunks are the outer loop of the backward, so each slice of
+d_weight is accumulated over token chunks in fp32 and rounded to the weight's dtype once (when the tokens fit in one
+chunk -- the default up to 8192 tokens -- it is a single matmul, no cross-chunk accumulation at all). The
+true-class term of the gradient (p - 1) is formed in fp32 inside the kernel before the one rounding to the logits'
+dtype. The matmuls run in the inputs' dtype with fp32 accumulation inside each matmul, as F.linear does.
+"""
+import torch
+
+from .. import _backend, _checks
+from .. import reference as ref
+from .._registry import define_op
+from .cross_entropy import KERNELS, _check, _check_labels_on_cpu, reduce_loss
+
+DEFAULT_CHUNKS = (8192, 4096)  # (tokens, vocabulary) per tile: 64 MB of bf16 logits at most
+
+
+def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                         softcap=None, reduction="mean", return_lse=False, chunk_size=None, backend=None):
+    """``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without materializing the logits.
+
+    Args:
+        hidden: ``[..., H]`` float32 / bfloat16 / float16.
+        weight: ``[V, H]``, the LM head (same dtype as hidden). bias: ``[V]`` or None.
+        labels: ``[...]`` (hidden's leading shape) int64 / int32 class indices, or ignore_index.
+        ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse: as in eurokernels.cross_entropy.
+        chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (8192, 4096).
+            Extra memory is about one tile of logits, independent of N x V.
+        backend: "reference" | "cpu" | "triton" | "cuda" | None.
+
+    Returns:
+        ``loss`` in hidden's dtype, or ``(loss, lse)`` with ``return_lse``. Gradients flow to hidden, weight, bias.
+    """
+    _checks.check_tensor("hidden", hidden, dtypes=None, min_dim=1)
+    backend = _backend.resolve(backend, hidden)
+    dtypes = _checks.float_dtypes(backend)
+    _checks.check_tensor("hidden", hidden, dtypes=dtypes)
+    _checks.check_tensor("weight", weight, dtypes=dtypes, dim=2)
+    _checks.check_same_device("weight", weight, "hidden", hidden)
+    if weight.dtype != hidden.dtype or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight: expected [V, {hidden.shape[-1]}] in {hidden.dtype} (hidden's size and dtype), "
+                         f"got {tuple(weight.shape)} in {weight.dtype}")
+    if bias is not None:
+        _checks.check_tensor("bias", bias, dtypes=dtypes, dim=1)
+        _checks.check_same_device("bias", bias, "hidden", hidden)
+        if bias.shape[0] != weight.shape[0] or bias.dtype != hidden.dtype:
+            raise ValueError(f"bias: expected [{weight.shape[0]}] in {hidden.dtype}, got {tuple(bias.shape)} in "
+                             f"{bias.dtype}")
+    # The loss options are checked against a [..., V] stand-in for the logits (no memory: an expanded view).
+    logits_like = weight.new_empty(()).expand(*hidden.shape[:-1], weight.shape[0])
+    softcap = _check(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
+    token_chunk, vocab_chunk = _chunks(chunk_size)
+    loss, lse = torch.ops.eurokernels.linear_cross_entropy(
+        hidden, weight, bias, labels, int(ignore_index), float(label_smoothing), float(z_loss), softcap, token_chunk,
+        vocab_chunk, backend)
+    loss = reduce_loss(loss, labels, ignore_index, reduction).to(hidden.dtype)
+    return (loss, lse) if return_lse else loss
+
+
+def _chunks(chunk_size):
+    if chunk_size is None:
+        return DEFAULT_CHUNKS
+    sizes = (DEFAULT_CHUNKS[0], chunk_size) if isinstance(chunk_size, int) else tuple(chunk_size)
+    if len(sizes) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"chunk_size: expected a positive int (vocabulary columns) or a (tokens, vocabulary) pair "
+                         f"of positive ints, got {chunk_size!r}")
+    return sizes
+
+
+# --- the tiled implementation (cpu / triton / cuda) ----------------------------------------------------------------
+
+def _tile_logits(h, weight, bias, c0, c1):
+    w = weight[c0:c1]
+    return torch.addmm(bias[c0:c1], h, w.t()) if bias is not None else torch.mm(h, w.t())
+
+
+def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk, vocab_start=0,
+                  vocab_total=None):
+    """Per-token (loss, lse) in fp32 over [token_chunk, vocab_chunk] tiles (see the module docstring).
+
+    Each tile is a vocabulary shard [c0, c1) for the kernel, called without z-loss: it returns the tile's lse and
+    loss_tile = lse_tile - (1 - eps) z_label [label in tile] - eps / V sum(z_tile), so loss_tile - lse_tile is the
+    tile's share of the loss's linear terms, which add up over tiles. The z-loss is added once lse is complete.
+    ``weight`` may itself be a shard [vocab_start, vocab_start + rows) of a vocabulary of vocab_total classes.
+    """
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, v = hidden2.shape[0], weight.shape[0]
+    vocab_total = v if vocab_total is None else vocab_total
+    loss = torch.empty(n, dtype=torch.float32, device=hidden2.device)
+    lse = torch.empty(n, dtype=torch.float32, device=hidden2.device)
+    for t0 in range(0, n, token_chunk):
+        t1 = min(n, t0 + token_chunk)
+        h, lab = hidden2[t0:t1], labels1[t0:t1]
+        m = None
+        for c0 in range(0, v, vocab_chunk):
+            c1 = min(v, c0 + vocab_chunk)
+            tile = _tile_logits(h, weight, bias, c0, c1)
+            l_c, lse_c = kernel(tile, lab, None, None, None, None, ignore_index, label_smoothing, 0.0, softcap,
+                                vocab_start + c0, vocab_total)
+            lin_c = l_c - lse_c
+            if m is None:
+                m, lin = lse_c, lin_c
+            else:
+                m, lin = torch.logaddexp(m, lse_c), lin + lin_c
+            del tile
+        valid = lab != ignore_index
+        lse[t0:t1] = m
+        # lin is -lse_tile on ignored rows (the kernel zeroes their loss): mask them, keep NaN of bad labels.
+        loss[t0:t1] = torch.where(valid, m + z_loss * m * m + lin, 0.0)
+    return loss, lse
+
+
+def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk,
+                   vocab_start=0, vocab_total=None):
+    """(d_hidden, d_weight, d_bias) over tiles; vocabulary chunks outermost so d_weight needs only a chunk-sized
+    fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
+    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it)."""
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, v = hidden2.shape[0], weight.shape[0]
+    vocab_total = v if vocab_total is None else vocab_total
+    dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=hidden2.device)
+    dw = torch.empty_like(weight)
+    db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+    one_token_chunk = n <= token_chunk
+    for c0 in range(0, v, vocab_chunk):
+        c1 = min(v, c0 + vocab_chunk)
+        w = weight[c0:c1]
+        dw_acc = None if one_token_chunk else torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        db_acc = torch.zeros(c1 - c0, dtype=torch.float32, device=w.device) if bias is not None else None
+        for t0 in range(0, n, token_chunk):
+            t1 = min(n, t0 + token_chunk)
+            h = hidden2[t0:t1]
+            tile = _tile_logits(h, weight, bias, c0, c1)
+            kernel(tile, labels1[t0:t1], lse[t0:t1], dloss[t0:t1], None if dlse is None else dlse[t0:t1], tile,
+                   ignore_index, label_smoothing, z_loss, softcap, vocab_start + c0, vocab_total)
+            dh[t0:t1] += torch.mm(tile, w)  # the tile's share, rounded once, summed over vocabulary chunks in fp32
+            if one_token_chunk:
+                torch.mm(tile.t(), h, out=dw[c0:c1])
+            else:
+                dw_acc += torch.mm(tile.t(), h)
+            if db_acc is not None:
+                db_acc += tile.sum(0, dtype=torch.float32)
+            del tile
+        if dw_acc is not None:
+            dw[c0:c1] = dw_acc
+        if db_acc is not None:
+            db[c0:c1] = db_acc
+    return dh.to(hidden2.dtype), dw, db
+
+
+# --- ops ------------------------------------------------------------------------------------------------------------
+
+def _rows(hidden, labels):
+    return _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
+
+
+def _forward_impl(backend):
+    def run(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap, token_chunk, vocab_chunk):
+        h2, l1 = _rows(hidden, labels)
+        opts = (ignore_index, label_smoothing, z_loss, softcap)
+        if backend == "reference":
+            _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
+            loss, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, *opts)
+        else:
+            loss, lse = tiled_forward(KERNELS[backend], h2, weight, bias, l1, opts, token_chunk, vocab_chunk)
+        return loss.view(labels.shape), lse.view(labels.shape)
+    return run
+
+
+def _backward_impl(backend):
+    def run(dloss, dlse, hidden, weight, bias, labels, lse, ignore_index, label_smoothing, z_loss, softcap,
+            token_chunk, vocab_chunk):
+        h2, l1 = _rows(hidden, labels)
+        opts = (ignore_index, label_smoothing, z_loss, softcap)
+        dloss = dloss.reshape(-1).float().contiguous()
+        dlse = None if dlse is None else dlse.reshape(-1).float().contiguous()
+        lse = lse.reshape(-1).float().contiguous()
+        if backend == "reference":
+            dh, dw, db = ref.linear_cross_entropy_backward(dloss, dlse, h2, weight, bias, l1, lse, *opts)
+        else:
+            dh, dw, db = tiled_backward(KERNELS[backend], dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk,
+                                        vocab_chunk)
+        return dh.view(hidden.shape), dw, db
+    return run
+
+
+def _fake_forward(hidden, weight, bias, labels, *args):
+    return (hidden.new_empty(labels.shape, dtype=torch.float32),
+            hidden.new_empty(labels.shape, dtype=torch.float32))
+
+
+def _fake_backward(dloss, dlse, hidden, weight, bias, *args):
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            torch.empty_like(bias) if bias is not None else weight.new_empty(0))
+
+
+_OPTS = "int ignore_index, float label_smoothing, float z_loss, float softcap, int token_chunk, int vocab_chunk"
+
+_fwd = define_op(
+    "linear_cross_entropy",
+    f"(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, {_OPTS}, str backend) -> (Tensor, Tensor)",
+    impls={b: _forward_impl(b) for b in KERNELS},
+    fake=_fake_forward,
+)
+
+_bwd = define_op(
+    "linear_cross_entropy_backward",
+    f"(Tensor dloss, Tensor? dlse, Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor lse, {_OPTS}, "
+    "str backend) -> (Tensor, Tensor, Tensor)",
+    impls={b: _backward_impl(b) for b in KERNELS},
+    fake=_fake_backward,
+)
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, labels = inputs[:4]
+    ctx.save_for_backward(hidden, weight, bias, labels, output[1])
+    ctx.opts, ctx.backend = inputs[4:10], inputs[10]
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dloss, dlse):
+    hidden, weight, bias, labels, lse = ctx.saved_tensors
+    if dloss is None:
+        dloss = torch.zeros_like(lse)
+    dh, dw, db = _bwd(dloss, dlse, hidden, weight, bias, labels, lse, *ctx.opts, ctx.backend)
+    return dh, dw, (db if bias is not None else None), None, None, None, None, None, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)

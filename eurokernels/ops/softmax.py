@@ -1,0 +1,93 @@
+"""Softmax and log-softmax over the last dimension, any length (a 256K-vocabulary row does not fit in one block).
+
+Registered ops:
+  eurokernels::softmax           (x, log) -> y
+  eurokernels::softmax_backward  (dy, y, log) -> dx
+Backends: reference (eurokernels/reference.py), cpu (csrc/softmax/softmax_cpu.cpp, sharing the blockwise online
+softmax of csrc/cross_entropy/online_softmax_cpu.h), triton (eurokernels/triton/softmax.py). No cuda backend yet
+(the registry says so). The forward reads the input once for the log-sum-exp (online softmax) and once more for
+the output (from cache for rows that fit in L2); the backward needs only the output, never the input.
+"""
+import torch
+
+from .. import _backend, _checks
+from .. import reference as ref
+from .._registry import define_op, lazy
+from .._ext import cpu as _cpu_ext
+
+
+def softmax(x, dim=-1, *, backend=None):
+    """``softmax(x)`` along ``dim``, fp32 math, x's dtype out. Forward and backward; any size along ``dim``."""
+    return _softmax(x, dim, False, backend)
+
+
+def log_softmax(x, dim=-1, *, backend=None):
+    """``log_softmax(x)`` along ``dim``, fp32 math, x's dtype out. Forward and backward; any size along ``dim``."""
+    return _softmax(x, dim, True, backend)
+
+
+def _softmax(x, dim, log, backend):
+    _checks.check_tensor("x", x, dtypes=None, min_dim=1)
+    backend = _backend.resolve(backend, x)
+    _checks.check_tensor("x", x, dtypes=_checks.float_dtypes(backend))
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim: expected an int in [{-x.dim()}, {x.dim()}), got {dim!r}")
+    last = dim in (-1, x.dim() - 1)
+    xt = x if last else x.movedim(dim, -1)  # the kernels work along the last dimension
+    y = torch.ops.eurokernels.softmax(xt, log, backend)
+    return y if last else y.movedim(-1, dim)
+
+
+def _forward_2d(kernel):
+    def run(x, log):
+        return kernel(_checks.rows_view(x), log).view(x.shape)
+    return run
+
+
+def _backward_2d(kernel):
+    def run(dy, y, log):
+        return kernel(_checks.rows_view(dy), _checks.rows_view(y), log).view(y.shape)
+    return run
+
+
+def _fake(x, log):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fake_backward(dy, y, log):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+_fwd = define_op(
+    "softmax", "(Tensor x, bool log, str backend) -> Tensor",
+    impls={
+        "reference": ref.softmax,
+        "cpu": _forward_2d(lambda *a: _cpu_ext().softmax_fwd(*a)),
+        "triton": _forward_2d(lazy("eurokernels.triton.softmax", "forward")),
+    },
+    fake=_fake,
+)
+
+_bwd = define_op(
+    "softmax_backward", "(Tensor dy, Tensor y, bool log, str backend) -> Tensor",
+    impls={
+        "reference": ref.softmax_backward,
+        "cpu": _backward_2d(lambda *a: _cpu_ext().softmax_bwd(*a)),
+        "triton": _backward_2d(lazy("eurokernels.triton.softmax", "backward")),
+    },
+    fake=_fake_backward,
+)
+
+
+def _setup_context(ctx, inputs, output):
+    _, log, backend = inputs
+    ctx.save_for_backward(output)
+    ctx.log, ctx.backend = log, backend
+
+
+def _backward(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return _bwd(dy, y, ctx.log, ctx.backend), None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
