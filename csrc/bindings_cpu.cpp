@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "cross_entropy/cross_entropy.h"
+#include "attention/attention.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 #include "softmax/softmax.h"
@@ -16,4 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
+  namespace at_ = eurokernels::attention;
+  m.def("attention_fwd", &at_::forward_cpu, "Attention forward (CPU)");
+  m.def("attention_bwd", &at_::backward_cpu, "Attention backward (CPU)");
 }
