@@ -1,0 +1,318 @@
+"""Hugging Face transformers causal LMs on eurokernels (eurokernels.integrations.transformers): the patched model
+computes the same logits, loss and parameter gradients as the unpatched one, trains the same, packs sequences,
+and compiles.
+
+Tiny configs built here (2 layers, hidden 64, 4 query / 2 key-value heads of dim 16, vocab 32000), random weights,
+fp32, cpu backend. How close is "the same": every comparison is bounded against the fp64 truth -- the unpatched
+HF model run in float64 -- by a multiple of the error HF's own fp32 model makes against that truth
+(tests/tolerances.py, FlashAttention's method), plus a few fp32 ulps of the value's scale. Both fp32 models
+round the same math in different orders (fused kernels, blockwise softmax, chunked loss), so neither is exact;
+the factor 4 allows for our kernels summing in other orders than PyTorch's (measured here: within 1-2x).
+"""
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install eurokernels[hf])")
+
+from eurokernels.integrations import transformers as ek_hf  # noqa: E402
+from tolerances import assert_within_torch_error, max_err  # noqa: E402
+
+VOCAB, SEQ = 32000, 32
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, use_cache=False,
+              initializer_range=0.1, attn_implementation="eager")
+# Per family: what makes it different is switched on at a size these short sequences reach.
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=8)),  # every layer windowed
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",  # q/k/v biases; layer 1 windowed, layer 0 full
+              dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",  # offset RMSNorm, both soft caps active, window on layer 0
+               dict(sliding_window=8, query_pre_attn_scalar=16, attn_logit_softcapping=1.0,
+                    final_logit_softcapping=3.0, layer_types=["sliding_attention", "full_attention"])),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",  # q/k RMSNorm on [b, h, s, d] views, two rope tables
+               dict(sliding_window=8, query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"])),
+}
+
+
+def make_model(family, seed=0):
+    config_name, model_name, extra = FAMILIES[family]
+    config = getattr(transformers, config_name)(**COMMON, **extra)
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config).eval()
+
+
+def token_batch(batch, seq, seed):
+    """Learnable synthetic text: each row counts from a random start by a random stride (mod 512)."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, 512, (batch, 1), generator=g)
+    stride = torch.randint(1, 8, (batch, 1), generator=g)
+    return (start + stride * torch.arange(seq)) % 512
+
+
+@pytest.fixture
+def patched():
+    """apply() through this fixture; every model it patched is reverted afterwards (rotary is process-wide)."""
+    models = []
+
+    def patch(model, **parts):
+        models.append(ek_hf.apply(model, **parts))
+        return model
+    yield patch
+    for m in models:
+        if ek_hf.is_patched(m):
+            ek_hf.revert(m)
+    assert not ek_hf._rotary_patches, "a rotary patch outlived its models"
+
+
+def loss_and_grads(model, **batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_same_as_hf(ours, hf32, truth, what, factor=4.0):
+    """ours vs the fp64 truth within factor x HF fp32's error + 4 fp32 ulps of the value's scale."""
+    scale = truth.abs().max().item()
+    assert_within_torch_error(ours, truth, hf32, factor=factor, atol=4 * 2 ** -23 * max(scale, 1e-30), name=what)
+
+
+# --- equivalence: logits, loss, every parameter gradient ---------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_logits_and_gradients_match_hf(family, patched):
+    hf32 = make_model(family)
+    truth = copy.deepcopy(hf32).double()
+    ours = copy.deepcopy(hf32)
+    ids = token_batch(2, SEQ, seed=1)
+    with torch.no_grad():
+        logits_truth, logits_hf = truth(input_ids=ids).logits, hf32(input_ids=ids).logits
+    loss_truth, grads_truth = loss_and_grads(truth, input_ids=ids, labels=ids)
+    loss_hf, grads_hf = loss_and_grads(hf32, input_ids=ids, labels=ids)
+
+    patched(ours)
+    assert type(ours.model.norm).__module__ == "eurokernels.nn"
+    assert ours.model.norm.weight is [p for n, p in ours.named_parameters() if n == "model.norm.weight"][0]
+    with torch.no_grad():
+        logits = ours(input_ids=ids).logits  # no labels: the original forward, on our norm/rotary/attention
+    assert_same_as_hf(logits, logits_hf, logits_truth, "logits")
+    out = ours(input_ids=ids, labels=ids)
+    assert out.logits is None  # the fused LM head + loss never builds them
+    loss, grads = loss_and_grads(ours, input_ids=ids, labels=ids)
+    assert_same_as_hf(loss, loss_hf, loss_truth, "loss")
+    assert grads.keys() == grads_truth.keys()
+    for name in grads:
+        assert_same_as_hf(grads[name], grads_hf[name], grads_truth[name], f"grad {name}")
+
+
+def test_negative_control_a_wrong_patch_is_caught(patched):
+    # The checker must reject a model that is subtly different: Gemma-2 patched without its final soft cap.
+    hf32 = make_model("gemma2")
+    truth = copy.deepcopy(hf32).double()
+    ours = copy.deepcopy(hf32)
+    ids = token_batch(2, SEQ, seed=1)
+    loss_truth = truth(input_ids=ids, labels=ids).loss.detach()
+    loss_hf = hf32(input_ids=ids, labels=ids).loss.detach()
+    patched(ours)
+    ours.config.final_logit_softcapping = None
+    with pytest.raises(AssertionError, match="loss"):
+        assert_same_as_hf(ours(input_ids=ids, labels=ids).loss.detach(), loss_hf, loss_truth, "loss")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_each_part_alone_matches(family, patched):
+    # Parts switch independently (and each alone is equivalent): catches one part leaning on another.
+    hf32 = make_model(family)
+    truth = copy.deepcopy(hf32).double()
+    ids = token_batch(2, SEQ, seed=2)
+    loss_truth, grads_truth = loss_and_grads(truth, input_ids=ids, labels=ids)
+    loss_hf, grads_hf = loss_and_grads(hf32, input_ids=ids, labels=ids)
+    parts = ("rms_norm", "rotary", "attention", "loss")
+    for part in parts:
+        ours = patched(copy.deepcopy(hf32), **{p: p == part for p in parts})
+        loss, grads = loss_and_grads(ours, input_ids=ids, labels=ids)
+        assert_same_as_hf(loss, loss_hf, loss_truth, f"loss ({part} only)")
+        for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+            assert_same_as_hf(grads[name], grads_hf[name], grads_truth[name], f"grad {name} ({part} only)")
+        ek_hf.revert(ours)
+
+
+# --- training: loss curves step by step -------------------------------------------------------------------------
+
+def train(model, steps, lr=3e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    losses = []
+    for step in range(steps):
+        ids = token_batch(4, SEQ, seed=100 + step)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_loss_curve_matches_hf(family, patched):
+    # 30 AdamW steps from the same init on the same batches. Stated tolerance: at every step the patched loss is
+    # within 4 x (HF fp32's distance to the fp64 run) + 1e-5 (relative) of the fp64 run. Adam divides by
+    # sqrt(v), so rounding differences grow along the run for both fp32 models alike; the bound follows them.
+    steps = 30
+    hf32 = make_model(family)
+    truth_model, ours = copy.deepcopy(hf32).double(), copy.deepcopy(hf32)
+    curve_truth, curve_hf = train(truth_model, steps), train(hf32, steps)
+    curve = train(patched(ours), steps)
+    assert curve_truth[-1] < 0.75 * curve_truth[0], "the synthetic task must be learnable (else nothing is tested)"
+    err = (curve - curve_truth).abs()
+    bound = 4 * (curve_hf - curve_truth).abs() + 1e-5 * curve_truth.abs()
+    worst = int((err - bound).argmax())
+    assert (err <= bound).all(), (f"step {worst}: patched loss {curve[worst]:.7f}, HF fp32 {curve_hf[worst]:.7f}, "
+                                  f"fp64 {curve_truth[worst]:.7f}")
+
+
+# --- packed sequences and padding -------------------------------------------------------------------------------
+
+PACKED_LENGTHS = (11, 1, 7, 13)  # uneven documents, one of a single token, one longer than the window (8)
+
+
+def packed_batch():
+    ids = torch.cat([token_batch(1, n, seed=10 + i)[0] for i, n in enumerate(PACKED_LENGTHS)])[None]
+    position_ids = torch.cat([torch.arange(n) for n in PACKED_LENGTHS])[None]
+    labels = ids.clone()
+    starts = torch.tensor((0,) + PACKED_LENGTHS).cumsum(0)
+    labels[0, starts[1:-1]] = -100  # a document's first token is not predicted from the previous document
+    return ids, position_ids, labels, starts
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_packed_sequences_use_varlen_and_match(family, patched):
+    # HF's position_ids-based packing (batch 1, positions restarting at 0, no attention mask) vs HF itself (whose
+    # eager mask separates the documents) and vs each document run on its own.
+    hf32 = make_model(family)
+    truth = copy.deepcopy(hf32).double()
+    ids, position_ids, labels, starts = packed_batch()
+    batch = dict(input_ids=ids, position_ids=position_ids, labels=labels)
+    loss_truth, grads_truth = loss_and_grads(truth, **batch)
+    loss_hf, grads_hf = loss_and_grads(hf32, **batch)
+    ours = patched(copy.deepcopy(hf32))
+    calls = []
+    real_attention = ek_hf._attention
+    ek_hf._attention = lambda *a, **k: calls.append(k.get("cu_seqlens_q")) or real_attention(*a, **k)
+    try:
+        loss, grads = loss_and_grads(ours, **batch)
+    finally:
+        ek_hf._attention = real_attention
+    assert len(calls) == 2 and all(c is not None and c.tolist() == starts.tolist() for c in calls), calls
+    assert_same_as_hf(loss, loss_hf, loss_truth, "packed loss")
+    for name in grads:
+        assert_same_as_hf(grads[name], grads_hf[name], grads_truth[name], f"packed grad {name}")
+
+    # The documents one by one give the same per-token logits (attention never crosses a document boundary).
+    with torch.no_grad():
+        packed_logits = ours(input_ids=ids, position_ids=position_ids).logits[0]
+        for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            alone = ours(input_ids=ids[:, a:b]).logits[0]
+            torch.testing.assert_close(packed_logits[a:b], alone, rtol=1e-5, atol=1e-5)
+
+        # The collator's flash-attention kwargs (cu_seq_lens_*, max_length_*) take the same path with no sync.
+        cu = starts.to(torch.int32)
+        kwargs_logits = ours(input_ids=ids, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                             max_length_q=max(PACKED_LENGTHS), max_length_k=max(PACKED_LENGTHS)).logits[0]
+    torch.testing.assert_close(kwargs_logits, packed_logits, rtol=0, atol=0)
+
+
+def test_padding_mask_unpads(patched):
+    # Left-padded row + full row: the valid positions' logits match HF's, and the loss with padded labels too.
+    hf32 = make_model("mistral")
+    ids = token_batch(2, SEQ, seed=3)
+    mask = torch.ones(2, SEQ, dtype=torch.long)
+    mask[0, :5] = 0
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+    with torch.no_grad():
+        ref_logits = hf32(**batch).logits
+        ref_loss = hf32(**batch, labels=labels).loss
+        ours = patched(copy.deepcopy(hf32))
+        logits = ours(**batch).logits
+        loss = ours(**batch, labels=labels).loss
+    valid = mask.bool()
+    torch.testing.assert_close(logits[valid], ref_logits[valid], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+
+
+# --- loss options, compile, revert, errors -----------------------------------------------------------------------
+
+def test_loss_kwargs_follow_hf(patched):
+    # num_items_in_batch (gradient accumulation: sum / items), shift_labels, ignore_index -- as HF's ForCausalLMLoss.
+    hf32 = make_model("qwen2")
+    ours = patched(copy.deepcopy(hf32))
+    ids = token_batch(2, SEQ, seed=4)
+    labels = ids.clone()
+    labels[:, :6] = -100
+    shifted = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        for kw in (dict(labels=labels, num_items_in_batch=torch.tensor(100)), dict(labels=ids, shift_labels=shifted),
+                   dict(labels=ids.masked_fill(ids < 200, 7), ignore_index=7)):
+            torch.testing.assert_close(ours(input_ids=ids, **kw).loss, hf32(input_ids=ids, **kw).loss,
+                                       rtol=1e-5, atol=1e-6)
+        # return_dict=False gives HF's tuple (loss first; the logits are not materialized so not in it).
+        assert ours(input_ids=ids, labels=ids, return_dict=False)[0].shape == ()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_torch_compile_fullgraph(family, patched):
+    # fullgraph=True: a graph break anywhere (our ops included) is an error, not a silent fallback.
+    ours = patched(make_model(family))
+    ids = token_batch(2, SEQ, seed=5)
+    eager_loss, eager_grads = loss_and_grads(ours, input_ids=ids, labels=ids)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    loss, grads = loss_and_grads(compiled, input_ids=ids, labels=ids)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_revert_restores_hf():
+    model = make_model("gemma3")
+    module = __import__("transformers.models.gemma3.modeling_gemma3", fromlist=["x"])
+    original_rotary, original_norm = module.apply_rotary_pos_emb, model.model.layers[0].self_attn.q_norm
+    weights = {n: p for n, p in model.named_parameters()}
+    ids = token_batch(2, SEQ, seed=6)
+    with torch.no_grad():
+        before = model(input_ids=ids, labels=ids)
+    ek_hf.apply(model)
+    assert module.apply_rotary_pos_emb is not original_rotary
+    assert model.config._attn_implementation == "eurokernels"
+    with pytest.raises(ValueError, match="already patched"):
+        ek_hf.apply(model)
+    ek_hf.revert(model)
+    assert module.apply_rotary_pos_emb is original_rotary
+    assert model.model.layers[0].self_attn.q_norm is original_norm
+    assert model.config._attn_implementation == "eager" and "forward" not in vars(model)
+    assert all(p is weights[n] for n, p in model.named_parameters())
+    with torch.no_grad():
+        after = model(input_ids=ids, labels=ids)
+    assert torch.equal(after.logits, before.logits) and torch.equal(after.loss, before.loss)
+    with pytest.raises(ValueError, match="not patched"):
+        ek_hf.revert(model)
+
+
+def test_unsupported_inputs_are_clear_errors(patched):
+    with pytest.raises(ValueError, match="model_type"):
+        ek_hf.apply(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2)))
+    ours = patched(make_model("llama"))
+    ids = token_batch(2, SEQ, seed=7)
+    q = torch.zeros(2, 4, SEQ, 16)
+    kv = torch.zeros(2, 2, SEQ, 16)
+    with pytest.raises(ValueError, match="2-D padding mask"):
+        ek_hf.attention_forward(ours.model.layers[0].self_attn, q, kv, kv, torch.zeros(2, 1, SEQ, SEQ))
+    ours.config.attention_dropout = 0.1
+    for layer in ours.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    with pytest.raises(NotImplementedError, match="dropout"):
+        ours.train()(input_ids=ids, labels=ids)
