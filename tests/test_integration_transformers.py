@@ -10,9 +10,12 @@ round the same math in different orders (fused kernels, blockwise softmax, chunk
 the factor 4 allows for our kernels summing in other orders than PyTorch's (measured here: within 1-2x).
 """
 import copy
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install eurokernels[hf])")
 
@@ -67,11 +70,20 @@ def patched():
     assert not ek_hf._rotary_patches, "a rotary patch outlived its models"
 
 
+def model_loss(model, labels, **batch):
+    """The model's causal-LM loss; for the float64 truth computed here in float64 (HF's ForCausalLMLoss upcasts
+    logits to float32 only, which would round the truth's loss and its gradient to fp32)."""
+    if model.dtype != torch.float64:
+        return model(**batch, labels=labels).loss
+    logits = model(**batch).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
 def loss_and_grads(model, **batch):
     model.zero_grad(set_to_none=True)
-    out = model(**batch)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    loss = model_loss(model, **batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 def assert_same_as_hf(ours, hf32, truth, what, factor=4.0):
@@ -114,7 +126,7 @@ def test_negative_control_a_wrong_patch_is_caught(patched):
     truth = copy.deepcopy(hf32).double()
     ours = copy.deepcopy(hf32)
     ids = token_batch(2, SEQ, seed=1)
-    loss_truth = truth(input_ids=ids, labels=ids).loss.detach()
+    loss_truth = model_loss(truth, input_ids=ids, labels=ids).detach()
     loss_hf = hf32(input_ids=ids, labels=ids).loss.detach()
     patched(ours)
     ours.config.final_logit_softcapping = None
@@ -148,7 +160,7 @@ def train(model, steps, lr=3e-3):
     losses = []
     for step in range(steps):
         ids = token_batch(4, SEQ, seed=100 + step)
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model_loss(model, input_ids=ids, labels=ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -156,22 +168,67 @@ def train(model, steps, lr=3e-3):
     return torch.tensor(losses, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
 def test_training_loss_curve_matches_hf(family, patched):
-    # 30 AdamW steps from the same init on the same batches. Stated tolerance: at every step the patched loss is
-    # within 4 x (HF fp32's distance to the fp64 run) + 1e-5 (relative) of the fp64 run. Adam divides by
-    # sqrt(v), so rounding differences grow along the run for both fp32 models alike; the bound follows them.
+    # 30 AdamW steps from the same init on the same batches, patched vs HF in fp32 and HF in fp64 (the truth).
+    # Stated tolerance: at every step |patched - fp64| <= 4 x |HF fp32 - fp64| + 1e-6 x loss (8 fp32 ulps of the
+    # loss). The rounding differences of both fp32 runs grow along the run alike (measured at step 30: HF fp32 is
+    # ~1e-7 relative off the fp64 curve for Llama, ~5e-5 for Gemma-2 whose soft caps amplify them; ours stays
+    # within 2x of HF's). Two families (pre-norm Llama; Gemma-2's offset norms, soft caps and windows) keep CI
+    # time low; the one-step equivalence above covers every family.
     steps = 30
     hf32 = make_model(family)
     truth_model, ours = copy.deepcopy(hf32).double(), copy.deepcopy(hf32)
     curve_truth, curve_hf = train(truth_model, steps), train(hf32, steps)
     curve = train(patched(ours), steps)
-    assert curve_truth[-1] < 0.75 * curve_truth[0], "the synthetic task must be learnable (else nothing is tested)"
+    assert curve_truth[-1] < 0.85 * curve_truth[0], "the synthetic task must be learnable (else nothing is tested)"
     err = (curve - curve_truth).abs()
-    bound = 4 * (curve_hf - curve_truth).abs() + 1e-5 * curve_truth.abs()
+    bound = 4 * (curve_hf - curve_truth).abs() + 1e-6 * curve_truth.abs()
     worst = int((err - bound).argmax())
-    assert (err <= bound).all(), (f"step {worst}: patched loss {curve[worst]:.7f}, HF fp32 {curve_hf[worst]:.7f}, "
-                                  f"fp64 {curve_truth[worst]:.7f}")
+    assert (err <= bound).all(), (f"step {worst}: patched loss {curve[worst]:.8f}, HF fp32 {curve_hf[worst]:.8f}, "
+                                  f"fp64 {curve_truth[worst]:.8f}")
+
+
+class LiveMemory(TorchDispatchMode):
+    """Peak bytes of the tensors the PyTorch ops inside the block create and keep alive (storages counted once).
+    It sees our custom ops' outputs, not their insides: the caller adds those (a bounded tile)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.current, self.peak = {}, 0, 0
+
+    def _free(self, key):
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                key, size = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                if size and key not in self.live:
+                    self.live[key] = size
+                    self.current += size
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(t, self._free, key)
+        return out
+
+
+def test_fused_loss_lowers_peak_memory(patched):
+    # One training step (forward + backward). HF holds [tokens, vocab] logits, their log-softmax and gradients;
+    # the patch holds none of them. Its loss op works on one [tokens, 4096] tile internally (invisible to the
+    # dispatch mode), added here explicitly.
+    hf32 = make_model("llama")
+    ours = patched(copy.deepcopy(hf32))
+    ids = token_batch(2, SEQ, seed=8)
+    peaks = {}
+    for name, model in (("hf", hf32), ("ours", ours)):
+        with LiveMemory() as mem:
+            model(input_ids=ids, labels=ids).loss.backward()
+        peaks[name] = mem.peak
+    tokens = ids.numel()
+    logits_bytes = tokens * VOCAB * 4
+    tile_bytes = tokens * min(VOCAB, 4096) * 4
+    assert peaks["ours"] + tile_bytes <= peaks["hf"] - 2 * logits_bytes, (peaks, logits_bytes)
 
 
 # --- packed sequences and padding -------------------------------------------------------------------------------
@@ -233,6 +290,7 @@ def test_padding_mask_unpads(patched):
     mask[0, :5] = 0
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     labels = ids.masked_fill(mask == 0, -100)
+    labels[0, 5] = -100  # predicted from a padded position: HF's output there is arbitrary, ours is zeros
     batch = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids)
     with torch.no_grad():
         ref_logits = hf32(**batch).logits
@@ -273,8 +331,8 @@ def test_torch_compile_fullgraph(family, patched):
     compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
     loss, grads = loss_and_grads(compiled, input_ids=ids, labels=ids)
     torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=1e-6)
-    for name in grads:
-        torch.testing.assert_close(grads[name], eager_grads[name], rtol=1e-5, atol=1e-7)
+    for name in eager_grads:
+        torch.testing.assert_close(grads["_orig_mod." + name], eager_grads[name], rtol=1e-5, atol=1e-7)
 
 
 def test_revert_restores_hf():

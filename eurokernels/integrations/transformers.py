@@ -66,6 +66,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                       "pip install 'eurokernels[hf]'") from e
 
 ATTENTION_NAME = "eurokernels"
+_ROTARY_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma2", "gemma3_text")
 
 # RMSNorm class name -> (offset, casting) matching that class's forward (see the module docstring).
@@ -186,9 +187,10 @@ def _patch_rotary(model):
 def _rotary_function(original):
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         """HF's signature: q/k ``[b, heads, s, d]`` (unsqueeze_dim=1) or ``[b, s, heads, d]`` (2); cos/sin
-        ``[b or 1, s, rotary_dim]`` with the two halves equal. Anything else goes to HF's own function."""
-        if unsqueeze_dim not in (1, 2) or q.dim() != 4 or cos.dim() != 3:
-            return original(q, k, cos, sin, unsqueeze_dim)
+        ``[b or 1, s, rotary_dim]`` with the two halves equal. Anything else (other layouts, float64) goes to HF's
+        own function."""
+        if unsqueeze_dim not in (1, 2) or q.dim() != 4 or cos.dim() != 3 or q.dtype not in _ROTARY_DTYPES:
+            return original(q, k, cos, sin, unsqueeze_dim)  # e.g. an unpatched float64 model of the same family
         qt, kt = (q.transpose(1, 2), k.transpose(1, 2)) if unsqueeze_dim == 1 else (q, k)  # [b, s, heads, d]
         b, s, _, d = qt.shape
         n, rotary_dim = cos.shape[0], cos.shape[-1]
