@@ -38,7 +38,8 @@ loss       The model's ``forward`` is replaced on the instance: with ``labels`` 
            divided by it) and computes ``eurokernels.linear_cross_entropy(hidden, lm_head.weight, labels)`` with
            ``final_logit_softcapping`` as softcap (Gemma-2) -- the ``[tokens, vocab]`` logits are never
            materialized and the output's ``logits`` is None. Without labels (or with ``logits_to_keep``) the
-           original forward runs unchanged (logits, generation). The loss has the hidden states' dtype.
+           original forward runs unchanged (logits, generation). The loss is float32 like HF's, whatever the
+           model's dtype.
 
 ``revert(model)`` undoes everything ``apply`` did to that model (original RMSNorm modules back with the same
 Parameters, previous attention implementation, class forward, and the rotary global once no patched model of the
@@ -340,17 +341,40 @@ def _find_documents(kwargs, position_ids, attention_mask, past_key_values, batch
 
 def causal_lm_loss(model, hidden, labels, *, num_items_in_batch=None, ignore_index=-100, shift_labels=None):
     """HF's ForCausalLMLoss of ``model``'s LM head on ``hidden [b, s, H]`` without the logits: token t predicts
-    label t + 1 (or ``shift_labels[t]``); mean over non-ignored tokens, or sum / ``num_items_in_batch``."""
+    label t + 1 (or ``shift_labels[t]``); mean over non-ignored tokens, or sum / ``num_items_in_batch``. The loss
+    is float32, as HF's (which upcasts the logits before its cross-entropy)."""
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     shift_labels = shift_labels.to(hidden.device).reshape(-1)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    loss = _linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, shift_labels, bias=head.bias,
-                                 ignore_index=ignore_index, softcap=softcap,
-                                 reduction="mean" if num_items_in_batch is None else "sum")
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss, lse = _linear_cross_entropy(hidden, head.weight, shift_labels, bias=head.bias, ignore_index=ignore_index,
+                                      softcap=softcap, reduction=reduction, return_lse=True)
+    if loss.dtype != torch.float32:
+        loss = _fp32_value(loss, lse, hidden, head, shift_labels, ignore_index, softcap, reduction)
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
         loss = loss / num_items_in_batch
     return loss
+
+
+def _fp32_value(loss, lse, hidden, head, labels, ignore_index, softcap, reduction):
+    """``loss`` (rounded to bf16/fp16 by linear_cross_entropy) as float32 with its value recomputed in fp32 from
+    the op's fp32 log-sum-exp: loss_t = lse_t - cap(h_t . w[label_t] + b[label_t]) -- O(tokens x hidden) work. The
+    gradient is the op's (the correction is a detached constant)."""
+    with torch.no_grad():
+        valid = labels != ignore_index
+        rows = torch.where(valid, labels, 0)
+        target = (hidden.float() * head.weight[rows].float()).sum(-1)
+        if head.bias is not None:
+            target = target + head.bias[rows].float()
+        if softcap:
+            target = softcap * torch.tanh(target / softcap)
+        exact = torch.where(valid, lse - target, 0.0).sum()
+        if reduction == "mean":
+            exact = exact / valid.sum().clamp(min=1)
+    loss = loss.float()
+    return loss + (exact - loss).detach()
