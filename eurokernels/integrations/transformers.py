@@ -47,6 +47,7 @@ family is left).
 """
 import sys
 import types
+import weakref
 
 import torch
 
@@ -83,7 +84,9 @@ _STATE = "_eurokernels_patch"
 # Set by the patched top-level forward when it has found that the batch holds no packed documents, so that the
 # attention of each layer does not look at position_ids again (a host sync, and a graph break under compile).
 _UNPACKED = "eurokernels_unpacked"
-_rotary_patches = {}  # modeling module name -> [HF's apply_rotary_pos_emb, number of patched models using it]
+# modeling module name -> (HF's apply_rotary_pos_emb, the patched models using ours). A set of models rather than a
+# count: reverting a deep copy of a patched model (not in the set) cannot restore HF's function under the original.
+_rotary_patches = {}
 
 
 def apply(model, *, rms_norm=True, rotary=True, attention=True, loss=True):
@@ -133,11 +136,12 @@ def revert(model):
     for parent, name, original in state.norms:
         setattr(parent, name, original)
     for module_name in state.rotary_modules:
-        entry = _rotary_patches[module_name]
-        entry[1] -= 1
-        if entry[1] == 0:
-            sys.modules[module_name].apply_rotary_pos_emb = entry[0]
-            del _rotary_patches[module_name]
+        original, users = _rotary_patches.get(module_name, (None, None))
+        if users is not None:
+            users.discard(model)
+            if not users:
+                sys.modules[module_name].apply_rotary_pos_emb = original
+                del _rotary_patches[module_name]
     if state.attn_implementation is not None:
         model.set_attn_implementation(state.attn_implementation)
     if state.forward:
@@ -179,23 +183,23 @@ def _patch_rotary(model):
         module = sys.modules[name]
         if name not in _rotary_patches:
             original = module.apply_rotary_pos_emb
-            _rotary_patches[name] = [original, 0]
+            _rotary_patches[name] = (original, weakref.WeakSet())
             module.apply_rotary_pos_emb = _rotary_function(original)
-        _rotary_patches[name][1] += 1
+        _rotary_patches[name][1].add(model)
     return names
 
 
 def _rotary_function(original):
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         """HF's signature: q/k ``[b, heads, s, d]`` (unsqueeze_dim=1) or ``[b, s, heads, d]`` (2); cos/sin
-        ``[b or 1, s, rotary_dim]`` with the two halves equal. Anything else (other layouts, float64) goes to HF's
+        ``[b or 1, s, head_dim]`` with the two halves equal. Anything else (other layouts, float64) goes to HF's
         own function."""
         if unsqueeze_dim not in (1, 2) or q.dim() != 4 or cos.dim() != 3 or q.dtype not in _ROTARY_DTYPES:
             return original(q, k, cos, sin, unsqueeze_dim)  # e.g. an unpatched float64 model of the same family
         qt, kt = (q.transpose(1, 2), k.transpose(1, 2)) if unsqueeze_dim == 1 else (q, k)  # [b, s, heads, d]
         b, s, _, d = qt.shape
         n, rotary_dim = cos.shape[0], cos.shape[-1]
-        if cos.shape[1] != s or n not in (1, b) or rotary_dim % 2 or rotary_dim > d or sin.shape != cos.shape:
+        if cos.shape[1] != s or n not in (1, b) or rotary_dim != d or sin.shape != cos.shape:
             return original(q, k, cos, sin, unsqueeze_dim)
         half = rotary_dim // 2
         # Row t * s + i of the table is token i of cos row t: position_ids then just index tokens.
