@@ -124,6 +124,19 @@ def check_backend(backend, q, k, cos, sin, interleaved, *, position_ids=None, cu
     assert_within_torch_error(ks.grad, kd.grad, pk.grad, factor=factor, name=f"dk ({backend})")
 
 
+def test_checker_rejects_wrong_rotations():
+    # Negative controls: the bound used below must reject the other pair convention and the unconjugated backward.
+    q, k = torch.randn(1, 4, 2, 16, dtype=torch.bfloat16), torch.randn(1, 4, 1, 16, dtype=torch.bfloat16)
+    cos, sin = table(8, 16)
+    truth = ref.apply_rotary(q.double(), k.double(), cos.double(), sin.double())[0]
+    yardstick = torch_rotary(q, cos, sin, torch.arange(4), False)
+    assert_within_torch_error(ref.apply_rotary(q, k, cos, sin)[0], truth, yardstick, factor=1.5)
+    for wrong in (ref.apply_rotary(q, k, cos, sin, interleaved=True)[0],
+                  ref.apply_rotary(q, k, cos, sin, conjugate=True)[0]):
+        with pytest.raises(AssertionError):
+            assert_within_torch_error(wrong, truth, yardstick, factor=1.5)
+
+
 # Head dims of the models in use (64, 80: not a power of two, a masked block; 128; 256), each with one GQA layout:
 # 32 q / 8 kv heads (Llama / EuroLLM) or 8 / 1 (MQA-like). Seqlen 5 and batch 2: small for the interpreter.
 SHAPES = [(64, 32, 8), (80, 8, 1), (128, 32, 8), (256, 8, 1)]
@@ -210,7 +223,8 @@ def test_strided_views(device, backend):
     cos, sin = table(16, 32, device=device)
     qkv = torch.randn(2, 10, 7, 32, dtype=torch.float16, device=device)
     bhsd = torch.randn(2, 3, 10, 32, dtype=torch.float16, device=device)
-    cases = [(qkv[:, :, :4], qkv[:, :, 4:6]), (bhsd.transpose(1, 2), qkv[:, :, 6:]), (qkv[:, ::2, :3], qkv[:, 1::2, 3:5])]
+    cases = [(qkv[:, :, :4], qkv[:, :, 4:6]), (bhsd.transpose(1, 2), qkv[:, :, 6:]),
+             (qkv[:, ::2, :3], qkv[:, 1::2, 3:5])]
     for q, k in cases:
         got = ek.apply_rotary(q, k, cos, sin, backend=backend)
         expected = ek.apply_rotary(q.contiguous(), k.contiguous(), cos, sin, backend="reference")
@@ -314,6 +328,21 @@ def test_compile_fullgraph(device, backend):
     torch.testing.assert_close(gx, x.grad)
 
 
+def test_compile_inductor_cpu():
+    # One end-to-end inductor compile (slow on CPU, so once), including the in-place op on a view of a buffer the
+    # graph goes on using: functionalization must keep the mutation visible.
+    cos, sin = ek.rotary_cos_sin(16, 32)
+
+    def f(x):
+        qkv = (x * 2).view(2, 5, 5, 32)
+        ek.apply_rotary(qkv[:, :, :3], qkv[:, :, 3:4], cos, sin, inplace=True)
+        q, k = ek.apply_rotary(qkv[:, :, :3], qkv[:, :, 3:4], cos, sin, interleaved=True)
+        return qkv + 1, q, k
+
+    x = torch.randn(2, 5, 160)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
 # --- cos/sin tables: every scaling type against its formula, written out here -----------------------------------
 
 def hf_table(positions, inv_freq, attention_factor=1.0):
@@ -415,6 +444,7 @@ def test_errors():
         (dict(k=torch.randn(2, 5, 2, 16)), ValueError, "k: expected the tokens and head_dim of q"),
         (dict(cos=table(8, 18)[0], sin=table(8, 18)[1]), ValueError, "cos: expected"),
         (dict(cos=cos.double()), TypeError, "cos: expected dtype"),
+        (dict(cos=cos[:0], sin=sin[:0]), ValueError, r"cos: expected \[max_positions >= 1"),
         (dict(sin=sin[:4]), ValueError, "sin: expected the shape"),
         (dict(cos=cos[:5], sin=sin[:5]), ValueError, "q: seqlen 6 exceeds the 5 positions"),
         (dict(position_ids=torch.zeros(2, 5, dtype=torch.long)), ValueError, "position_ids: expected shape"),
@@ -439,6 +469,11 @@ def test_errors():
             args.update(kwargs)
             with pytest.raises(exc, match=msg):
                 ek.apply_rotary(**args)
+    leaf = torch.randn(2, 6, 2, 16, requires_grad=True)
+    q_copy = q.clone()
+    with pytest.raises(RuntimeError, match="k: a leaf tensor that requires grad cannot be rotated in place"):
+        ek.apply_rotary(q_copy, leaf, cos, sin, inplace=True)
+    assert torch.equal(q_copy, q), "nothing may be written before the error"
     scaling_cases = [
         (dict(scaling={"rope_type": "ntk"}), ValueError, r"scaling\['rope_type'\]: expected one of"),
         (dict(scaling={"rope_type": "yarn", "factor": 4.0}), ValueError, "needs 'original_max_position_embeddings'"),

@@ -1,23 +1,30 @@
 // Rotary entry points. q, k: 4-D [batch, seqlen, heads, head_dim] with a unit stride along head_dim (any other
-// strides); q_out, k_out: the same shapes, written (they may be q and k themselves: in place). cos, sin:
-// [max_positions, rotary_dim / 2] contiguous, fp32 or q's dtype. position_ids: int64 [batch * seqlen] contiguous;
-// cu_seqlens: int32 [n_seqs + 1] contiguous (packed layout: batch == 1). conjugate rotates by -theta (backward).
-// The Python op (eurokernels/ops/rotary.py) validates the arguments and, on CPU, the position values.
+// strides). q_out, k_out: the same shapes, written; they may be q and k themselves (in place), or absent: then
+// fresh contiguous outputs are allocated here, the one place that decides how outputs are allocated. Returns
+// (q_out, k_out). cos, sin: [max_positions, rotary_dim / 2] contiguous, fp32 or q's dtype. position_ids: int64
+// [batch * seqlen] contiguous; cu_seqlens: int32 [n_seqs + 1] contiguous (packed layout: batch == 1). conjugate
+// rotates by -theta (the backward). The Python op (eurokernels/ops/rotary.py) validates the arguments and, on CPU,
+// the position values.
 #pragma once
 #include <ATen/ATen.h>
 #include <optional>
+#include <tuple>
 
 #include "common.h"
 
 namespace eurokernels::rotary {
 
-void rotary_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out, const at::Tensor& k_out,
-                const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& position_ids,
-                const std::optional<at::Tensor>& cu_seqlens, bool interleaved, bool conjugate);
+using Outputs = std::tuple<at::Tensor, at::Tensor>;
 
-void rotary_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out, const at::Tensor& k_out,
-                 const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& position_ids,
-                 const std::optional<at::Tensor>& cu_seqlens, bool interleaved, bool conjugate);
+Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
+                   const std::optional<at::Tensor>& k_out, const at::Tensor& cos, const at::Tensor& sin,
+                   const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
+                   bool interleaved, bool conjugate);
+
+Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
+                    const std::optional<at::Tensor>& k_out, const at::Tensor& cos, const at::Tensor& sin,
+                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
+                    bool interleaved, bool conjugate);
 
 // The argument contract of both entry points (shapes, strides, dtypes), checked once for both.
 inline void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out, const at::Tensor& k_out,

@@ -68,8 +68,9 @@ void rotate_interleaved(const T* x, T* o, const float* cd, const float* sd, int6
   int64_t i = 0;
   for (; i + kStep <= r; i += kStep) {
     auto [a, b] = cpu::load2(x + i);
+    const int64_t j = i + Vec::size();
     const Vec oa = at::vec::fmadd(a, Vec::loadu(cd + i), swap_pairs(a) * Vec::loadu(sd + i));
-    const Vec ob = at::vec::fmadd(b, Vec::loadu(cd + i + Vec::size()), swap_pairs(b) * Vec::loadu(sd + i + Vec::size()));
+    const Vec ob = at::vec::fmadd(b, Vec::loadu(cd + j), swap_pairs(b) * Vec::loadu(sd + j));
     cpu::store2(o + i, oa, ob);
   }
   for (; i < r; i += 2) {
@@ -137,13 +138,19 @@ void run(const Side& qs, const Side& ks, const C* cos, const C* sin, const int64
 
 }  // namespace
 
-void rotary_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_out, const at::Tensor& k_out,
-                const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& position_ids,
-                const std::optional<at::Tensor>& cu_seqlens, bool interleaved, bool conjugate) {
-  for (const at::Tensor* t : {&q, &k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCPU);
+Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
+                   const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
+                   const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
+                   bool interleaved, bool conjugate) {
+  CHECK_DEVICE(q, at::kCPU);
+  CHECK_DIM(q, 4);
+  CHECK_DIM(k, 4);
+  const at::Tensor q_out = q_out_arg ? *q_out_arg : at::empty(q.sizes(), q.options());
+  const at::Tensor k_out = k_out_arg ? *k_out_arg : at::empty(k.sizes(), k.options());
+  for (const at::Tensor* t : {&k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCPU);
   check_args(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens);
   const int64_t batch = q.size(0), seqlen = q.size(1), head_dim = q.size(3), half = cos.size(1);
-  if (batch * seqlen == 0) return;
+  if (batch * seqlen == 0) return {q_out, k_out};
   const Side qs = side_of(q, q_out), ks = side_of(k, k_out);
   const int64_t* pos = position_ids ? position_ids->const_data_ptr<int64_t>() : nullptr;
   const int32_t* cu = cu_seqlens ? cu_seqlens->const_data_ptr<int32_t>() : nullptr;
@@ -157,6 +164,7 @@ void rotary_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_ou
                               n_seqs, cos.size(0), batch, seqlen, head_dim, half, interleaved, conjugate);
     }
   });
+  return {q_out, k_out};
 }
 
 }  // namespace eurokernels::rotary

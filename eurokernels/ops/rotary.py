@@ -56,6 +56,10 @@ def apply_rotary(q, k, cos, sin, *, position_ids=None, cu_seqlens=None, interlea
     if not inplace:
         return torch.ops.eurokernels.rotary(q, k, cos, sin, position_ids, cu_seqlens, interleaved, False, backend)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        for name, t in (("q", q), ("k", k)):  # checked before anything is written (autograd would say it after)
+            if t.requires_grad and t.is_leaf:
+                raise RuntimeError(f"{name}: a leaf tensor that requires grad cannot be rotated in place; "
+                                   f"use inplace=False or rotate a non-leaf (e.g. the output of the QKV projection)")
         q = _RotaryInplaceQ.apply(q, k, cos, sin, position_ids, cu_seqlens, interleaved, backend)
         k = _RotaryInplaceK.apply(k, cos, sin, position_ids, cu_seqlens, interleaved, backend)
         return q, k
@@ -93,9 +97,9 @@ def _check(q, k, cos, sin, position_ids, cu_seqlens, interleaved, inplace, dtype
     if sin.shape != cos.shape or sin.dtype != cos.dtype:
         raise ValueError(f"sin: expected the shape {tuple(cos.shape)} and dtype {cos.dtype} of cos, "
                          f"got {tuple(sin.shape)} and {sin.dtype}")
-    if cos.shape[1] < 1 or 2 * cos.shape[1] > head_dim:
-        raise ValueError(f"cos: expected [max_positions, rotary_dim // 2] with 1 <= rotary_dim // 2 <= head_dim // 2 "
-                         f"= {head_dim // 2}, got shape {tuple(cos.shape)}")
+    if cos.shape[0] < 1 or cos.shape[1] < 1 or 2 * cos.shape[1] > head_dim:
+        raise ValueError(f"cos: expected [max_positions >= 1, rotary_dim // 2] with 1 <= rotary_dim // 2 <= "
+                         f"head_dim // 2 = {head_dim // 2}, got shape {tuple(cos.shape)}")
     if not isinstance(interleaved, bool):
         raise TypeError(f"interleaved: expected a bool, got {type(interleaved).__name__}")
     if not isinstance(inplace, bool):
@@ -143,8 +147,9 @@ def _check_values(q, cos, position_ids, cu_seqlens):
 
 # --- backends -----------------------------------------------------------------------------------------------------
 # Each kernel takes 4-D [batch, seqlen, heads, head_dim] views with a unit stride along head_dim (any other
-# strides), output views of the same shapes (the inputs themselves when in place), the tables, position_ids as
-# int64 [batch * seqlen] or None, cu_seqlens as int32 or None, interleaved, conjugate; it returns nothing.
+# strides), the outputs (views of the same shapes; the inputs themselves when in place; None: the kernel allocates
+# fresh contiguous ones), the tables, position_ids as int64 [batch * seqlen] or None, cu_seqlens as int32 or None,
+# interleaved, conjugate; it returns (q_out, k_out).
 
 
 def _as_4d(t):
@@ -155,15 +160,16 @@ def _unit_last(t):
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
+def _flat_positions(position_ids):
+    return None if position_ids is None else position_ids.reshape(-1).contiguous()
+
+
 def _kernel_impl(kernel):
     def out_of_place(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
         _check_values(q, cos, position_ids, cu_seqlens)
-        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        pos = None if position_ids is None else position_ids.reshape(-1).contiguous()
-        kernel(_unit_last(_as_4d(q)), _unit_last(_as_4d(k)), _as_4d(q_out), _as_4d(k_out), cos.contiguous(),
-               sin.contiguous(), pos, cu_seqlens, interleaved, conjugate)
-        return q_out, k_out
+        q_out, k_out = kernel(_unit_last(_as_4d(q)), _unit_last(_as_4d(k)), None, None, cos.contiguous(),
+                              sin.contiguous(), _flat_positions(position_ids), cu_seqlens, interleaved, conjugate)
+        return q_out.view(q.shape), k_out.view(k.shape)
 
     def in_place(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
         if (q.shape[-1] > 1 and q.stride(-1) != 1) or (k.shape[-1] > 1 and k.stride(-1) != 1):
@@ -173,9 +179,9 @@ def _kernel_impl(kernel):
             k.copy_(k_out)
             return
         _check_values(q, cos, position_ids, cu_seqlens)
-        pos = None if position_ids is None else position_ids.reshape(-1).contiguous()
         q4, k4 = _as_4d(q), _as_4d(k)
-        kernel(q4, k4, q4, k4, cos.contiguous(), sin.contiguous(), pos, cu_seqlens, interleaved, conjugate)
+        kernel(q4, k4, q4, k4, cos.contiguous(), sin.contiguous(), _flat_positions(position_ids), cu_seqlens,
+               interleaved, conjugate)
 
     return out_of_place, in_place
 
@@ -205,7 +211,8 @@ def _fake_inplace(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjuga
     return None
 
 
-_ARGS = "Tensor cos, Tensor sin, Tensor? position_ids, Tensor? cu_seqlens, bool interleaved, bool conjugate, str backend"
+_ARGS = ("Tensor cos, Tensor sin, Tensor? position_ids, Tensor? cu_seqlens, bool interleaved, bool conjugate, "
+         "str backend")
 
 _fwd = define_op(
     "rotary", f"(Tensor q, Tensor k, {_ARGS}) -> (Tensor, Tensor)",
@@ -307,7 +314,9 @@ def rotary_cos_sin(max_positions, rotary_dim, *, base=10000.0, scaling=None, dty
                beta_fast (32), beta_slow (1), truncate (True). The attention factor multiplies cos and sin.
       llama3:  factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
     The numbers are HF's: inv_freq in fp32 with HF's arithmetic, angle = position * inv_freq as one fp32 product,
-    cos/sin (times the attention factor) in fp32, then cast to ``dtype``.
+    cos/sin (times the attention factor) in fp32, then cast to ``dtype``. (Checked bitwise equal to the tables of
+    transformers 5.23.0's LlamaRotaryEmbedding for all five types; for yarn, HF 5 takes ``factor`` from the dict
+    as we do, and for dynamic its ``max_position_embeddings`` is our ``original_max_position_embeddings``.)
     """
     _checks.check_number("max_positions", max_positions, min_value=1)
     _checks.check_number("rotary_dim", rotary_dim, min_value=2)

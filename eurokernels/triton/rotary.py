@@ -18,7 +18,8 @@ from . import next_pow2
 from ._common import cast_to
 
 MAX_BLOCK_HALF = 512  # rotary_dim up to 1024 (head dims in use are <= 256)
-TILE = 1024           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF
+TILE = 2048           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF; 8 bf16
+                      # (128 bits) per thread at 4 warps of 64 threads (AMD), 16 at 4 warps of 32 (NVIDIA)
 NUM_WARPS = 4
 
 
@@ -112,23 +113,29 @@ def rotary_kernel(
                   n_k_heads, c, sn, head_dim, half, BLOCK_H, BLOCK_HALF, INTERLEAVED, COPY_PASS)
 
 
-def block_config(half):
-    """(BLOCK_HALF, BLOCK_H) for rotary_dim / 2 == half."""
+def block_config(half, align):
+    """(BLOCK_HALF, BLOCK_H) for rotary_dim / 2 == half. Aligned rows (ALIGN 8) get TILE elements per array:
+    enough for 128-bit accesses on every target. Unaligned rows are accessed element by element, each with its
+    own address registers: a quarter of the tile keeps those in check."""
     block_half = max(1, next_pow2(half))
-    return block_half, max(1, TILE // block_half)
+    return block_half, max(1, (TILE if align == 8 else TILE // 4) // block_half)
 
 
 def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
-    """See eurokernels/ops/rotary.py: 4-D views with a unit stride along head_dim; writes q_out and k_out."""
+    """See eurokernels/ops/rotary.py: 4-D views with a unit stride along head_dim; writes q_out and k_out (fresh
+    contiguous tensors when None) and returns them."""
+    if q_out is None:
+        q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
+                                                                                          device=k.device)
     batch, seqlen, _, head_dim = q.shape
     half = cos.shape[1]
     if half > MAX_BLOCK_HALF:
         raise ValueError(f"cos: the triton backend supports rotary_dim <= {2 * MAX_BLOCK_HALF}, got {2 * half}")
     if batch * seqlen == 0:
-        return
+        return q_out, k_out
     strides = [t.stride(d) for t in (q, k, q_out, k_out) for d in range(3)]
     align = 8 if all(v % 8 == 0 for v in strides + [head_dim, half]) else 1
-    block_half, block_h = block_config(half)
+    block_half, block_h = block_config(half, align)
     # Out of place unless the outputs are the inputs (compared per side: an empty side may have a null pointer).
     out_of_place = q_out.data_ptr() != q.data_ptr() or k_out.data_ptr() != k.data_ptr()
     pos_mode = 1 if position_ids is not None else 2 if cu_seqlens is not None else 0
@@ -142,6 +149,7 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
         ALIGN=align, BLOCK_H=block_h, BLOCK_HALF=block_half, INTERLEAVED=interleaved, CONJUGATE=conjugate,
         POS_MODE=pos_mode, COPY_PASS=out_of_place and 2 * half < head_dim,
         num_warps=NUM_WARPS)
+    return q_out, k_out
 
 
 def aot_specs():
@@ -158,9 +166,9 @@ def aot_specs():
                n_seqs="i32", seqlen="i32", n_q_heads="i32", n_k_heads="i32", head_dim="i32", half="i32",
                n_positions="i32")
     for k in range(MAX_BLOCK_HALF.bit_length()):
-        block_half, block_h = block_config(1 << k)
         for interleaved in (False, True):
-            for align in (1, 8):
+            for align in (1, 8) if 1 << k >= 8 else (1,):  # ALIGN=8 needs half % 8 == 0
+                block_half, block_h = block_config(1 << k, align)
                 specs.append(dict(
                     name=f"rotary_{'gptj' if interleaved else 'neox'}_half{block_half}_align{align}",
                     kernel=rotary_kernel, num_warps=NUM_WARPS, signature=sig,
