@@ -1,6 +1,7 @@
 // eurokernels._cuda: the CUDA C++ kernels as plain functions (see bindings_cpu.cpp for why not torch ops).
 #include <torch/extension.h>
 
+#include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 
@@ -9,4 +10,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_fwd", &rn::forward_cuda, "RMSNorm forward (CUDA)");
   m.def("rms_norm_bwd", &rn::backward_cuda, "RMSNorm backward (CUDA)");
   m.def("rotary", &eurokernels::rotary::rotary_cuda, "Rotary embeddings, out of place or in place (CUDA)");
+  m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
 }

@@ -91,12 +91,13 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     assign that parameter to ``self.weight``."""
 
     def __init__(self, hidden_size, vocab_size, bias=False, *, ignore_index=-100, reduction="mean",
-                 label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, backend=None, device=None,
-                 dtype=None):
+                 label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, grad_in_forward=False,
+                 backend=None, device=None, dtype=None):
         super().__init__()
         self.hidden_size, self.vocab_size = hidden_size, vocab_size
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.z_loss, self.softcap, self.chunk_size, self.backend = z_loss, softcap, chunk_size, backend
+        self.grad_in_forward = grad_in_forward
         self.weight = torch.nn.Parameter(torch.empty(vocab_size, hidden_size, device=device, dtype=dtype))
         self.bias = torch.nn.Parameter(torch.empty(vocab_size, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -111,7 +112,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         from .ops.linear_cross_entropy import linear_cross_entropy
         return linear_cross_entropy(hidden, self.weight, labels, bias=self.bias, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
-                                    reduction=self.reduction, chunk_size=self.chunk_size, backend=self.backend)
+                                    reduction=self.reduction, chunk_size=self.chunk_size,
+                                    grad_in_forward=self.grad_in_forward, backend=self.backend)
 
     def extra_repr(self):
         return (f"{self.hidden_size}, {self.vocab_size}, bias={self.bias is not None}, "

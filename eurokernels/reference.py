@@ -199,20 +199,25 @@ def rotary_cos_sin(max_positions, rotary_dim, base=10000.0, scaling=None, dtype=
 
 
 def softmax(x, log=False):
-    """softmax (or log_softmax) over the last dimension in fp32 math, cast back to x's dtype."""
-    y = torch.log_softmax(up(x), -1) if log else torch.softmax(up(x), -1)
-    return y.to(x.dtype)
+    """softmax (or log_softmax) over the last dimension in fp32 math, cast back to x's dtype; also returns the
+    per-row log-sum-exp (fp32, fp64 kept) that the backward recomputes the probabilities from."""
+    xf = up(x)
+    lse = torch.logsumexp(xf, -1)
+    y = xf - lse[..., None]
+    return (y if log else torch.exp(y)).to(x.dtype), lse
 
 
-def softmax_backward(dy, y, log=False):
-    """Gradient of softmax / log_softmax w.r.t. its input, given the output y:
-    softmax: dx = y * (dy - sum(dy * y)); log_softmax: dx = dy - exp(y) * sum(dy)."""
-    dyf, yf = up(dy), up(y)
+def softmax_backward(dy, x, lse, log=False):
+    """Gradient of softmax / log_softmax w.r.t. x, with p = exp(x - lse) recomputed in fp32 from the input (not
+    from the rounded output, whose bf16 rounding would be amplified by sum(dy) on long rows):
+    softmax: dx = p * (dy - sum(dy * p)); log_softmax: dx = dy - p * sum(dy)."""
+    dyf = up(dy)
+    p = torch.exp(up(x) - lse[..., None].to(up(x).dtype))
     if log:
-        dx = dyf - torch.exp(yf) * dyf.sum(-1, keepdim=True)
+        dx = dyf - p * dyf.sum(-1, keepdim=True)
     else:
-        dx = yf * (dyf - (dyf * yf).sum(-1, keepdim=True))
-    return dx.to(y.dtype)
+        dx = p * (dyf - (dyf * p).sum(-1, keepdim=True))
+    return dx.to(x.dtype)
 
 
 def _capped(x, softcap):

@@ -26,16 +26,19 @@ void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) 
 
 }  // namespace
 
-at::Tensor forward_cpu(const at::Tensor& x, bool log) {
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
   CHECK_DEVICE(x, at::kCPU);
   CHECK_DIM(x, 2);
   const int64_t rows = x.size(0), n = x.size(1);
   check_rows(x, "x", rows, n);
   at::Tensor y = at::empty({rows, n}, x.options());
-  if (rows == 0 || n == 0) return y;
+  at::Tensor lse_t = at::empty({rows}, x.options().dtype(at::kFloat));
+  if (rows == 0) return {y, lse_t};
+  TORCH_CHECK(n > 0, "softmax over an empty dimension");
   EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_fwd_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    float* lp = lse_t.mutable_data_ptr<float>();
     const int64_t sx = x.stride(0);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
       std::vector<float> buf(cpu::kSoftmaxBlock);
@@ -43,6 +46,7 @@ at::Tensor forward_cpu(const at::Tensor& x, bool log) {
         const scalar_t* xr = xp + r * sx;
         scalar_t* yr = yp + r * n;
         const float lse = cpu::online_stats(xr, n, 0.f, false, buf.data()).lse;
+        lp[r] = lse;
         const Vec vl(lse);
         int64_t i = 0;
         for (; i + kStep <= n; i += kStep) {
@@ -60,29 +64,35 @@ at::Tensor forward_cpu(const at::Tensor& x, bool log) {
       }
     });
   });
-  return y;
+  return {y, lse_t};
 }
 
-at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& y, bool log) {
-  CHECK_DEVICE(y, at::kCPU);
-  CHECK_DIM(y, 2);
-  const int64_t rows = y.size(0), n = y.size(1);
-  check_rows(y, "y", rows, n);
+at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log) {
+  CHECK_DEVICE(x, at::kCPU);
+  CHECK_DIM(x, 2);
+  const int64_t rows = x.size(0), n = x.size(1);
+  check_rows(x, "x", rows, n);
   check_rows(dy, "dy", rows, n);
-  CHECK_DTYPE(dy, y.scalar_type());
-  at::Tensor dx = at::empty({rows, n}, y.options());
+  CHECK_DTYPE(dy, x.scalar_type());
+  CHECK_DTYPE(lse, at::kFloat);
+  CHECK_CONTIGUOUS(lse);
+  TORCH_CHECK(lse.numel() == rows, "lse must have ", rows, " elements");
+  at::Tensor dx = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return dx;
-  EK_DISPATCH_FLOAT_TYPES(y.scalar_type(), "softmax_bwd_cpu", [&] {
+  EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_bwd_cpu", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const scalar_t* ypp = y.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const float* lp = lse.const_data_ptr<float>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
-    const int64_t sdy = dy.stride(0), sy = y.stride(0);
+    const int64_t sdy = dy.stride(0), sx = x.stride(0);
     at::parallel_for(0, rows, row_grain(n), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* d = dyp + r * sdy;
-        const scalar_t* yr = ypp + r * sy;
+        const scalar_t* xr = xp + r * sx;
         scalar_t* out = dxp + r * n;
-        // softmax: c = sum(dy * y), dx = y * (dy - c);  log_softmax: c = sum(dy), dx = dy - exp(y) * c
+        const float lse_r = lp[r];
+        const Vec vl(lse_r);
+        // p = exp(x - lse). softmax: c = sum(dy * p), dx = p * (dy - c);  log_softmax: c = sum(dy), dx = dy - p * c
         Vec acc(0.f);
         int64_t i = 0;
         for (; i + kStep <= n; i += kStep) {
@@ -90,26 +100,29 @@ at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& y, bool log) {
           if (log) {
             acc = acc + da + db;
           } else {
-            auto [ya, yb] = cpu::load2(yr + i);
-            acc = at::vec::fmadd(da, ya, at::vec::fmadd(db, yb, acc));
+            auto [xa, xb] = cpu::load2(xr + i);
+            acc = at::vec::fmadd(da, (xa - vl).exp_u20(), at::vec::fmadd(db, (xb - vl).exp_u20(), acc));
           }
         }
         float c = cpu::reduce_sum(acc);
-        for (; i < n; ++i) c += static_cast<float>(d[i]) * (log ? 1.f : static_cast<float>(yr[i]));
+        for (; i < n; ++i) {
+          c += static_cast<float>(d[i]) * (log ? 1.f : std::exp(static_cast<float>(xr[i]) - lse_r));
+        }
         const Vec vc(c);
         i = 0;
         for (; i + kStep <= n; i += kStep) {
           auto [da, db] = cpu::load2(d + i);
-          auto [ya, yb] = cpu::load2(yr + i);
+          auto [xa, xb] = cpu::load2(xr + i);
+          const Vec pa = (xa - vl).exp_u20(), pb = (xb - vl).exp_u20();
           if (log) {
-            cpu::store2(out + i, da - ya.exp_u20() * vc, db - yb.exp_u20() * vc);
+            cpu::store2(out + i, da - pa * vc, db - pb * vc);
           } else {
-            cpu::store2(out + i, ya * (da - vc), yb * (db - vc));
+            cpu::store2(out + i, pa * (da - vc), pb * (db - vc));
           }
         }
         for (; i < n; ++i) {
-          const float dv = static_cast<float>(d[i]), yv = static_cast<float>(yr[i]);
-          out[i] = static_cast<scalar_t>(log ? dv - std::exp(yv) * c : yv * (dv - c));
+          const float dv = static_cast<float>(d[i]), pv = std::exp(static_cast<float>(xr[i]) - lse_r);
+          out[i] = static_cast<scalar_t>(log ? dv - pv * c : pv * (dv - c));
         }
       }
     });

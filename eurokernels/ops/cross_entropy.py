@@ -14,13 +14,14 @@ lse and writes the gradient in one sweep, scaled by that upstream gradient. Writ
 forward (as Liger does) would cost more here, not less: the upstream gradient is only known in the backward, so a
 second full pass (read + write of [tokens, V]) would be needed to scale it -- 8 bytes per bf16 element in total
 against 6 -- unless it is read on the host (a sync, which breaks fullgraph compile). The fused forward + gradient
-sweep does exist (``kernels(backend)`` with ``grad_out``): linear_cross_entropy uses it, because there the scaling
-applies to the small hidden / weight gradients instead.
+sweep does exist (``KERNELS[backend]`` with ``grad_out`` and no ``lse_in``): linear_cross_entropy's grad_in_forward
+path uses it, because there the scaling applies to the much smaller hidden / weight gradients instead.
 
 ``inplace_backward=True`` writes the gradient into the logits' storage (no fresh [tokens, V] buffer: on CPU a fresh
 buffer costs page faults on first touch, and on any device it halves the peak memory of the loss head). The logits'
 values are then gone after the backward; use it when nothing else reads them (e.g. they come straight from the LM
 head matmul, whose backward needs only its inputs). Autograd's version counter catches misuse by saved tensors.
+Non-contiguous logits fall back to a fresh gradient buffer (the kernels would need a contiguous copy anyway).
 
 Labels out of range (other than ignore_index): the cpu and reference backends raise on CPU tensors; on GPU (triton,
 cuda, reference on CUDA) checking would need a host sync, so such a token gets a NaN loss and a NaN gradient row,

@@ -22,6 +22,15 @@ d_weight is accumulated over token chunks in fp32 and rounded to the weight's dt
 chunk -- the default up to 8192 tokens -- it is a single matmul, no cross-chunk accumulation at all). The
 true-class term of the gradient (p - 1) is formed in fp32 inside the kernel before the one rounding to the logits'
 dtype. The matmuls run in the inputs' dtype with fp32 accumulation inside each matmul, as F.linear does.
+
+``grad_in_forward=True`` trades memory for one matmul (where matmuls dominate, e.g. on CPU): token chunks of whole
+vocabulary rows; per chunk one matmul for the logits [T, V], one kernel call computing loss, lse and the gradient
+of the logits in the same sweep (in place), then d_hidden of the chunk (one matmul, complete) and the chunk's share
+of d_weight, accumulated over token chunks in an fp32 [V, H] buffer (in vocabulary slices, so the temporary is
+small). 3 matmuls in all, all during the forward; the backward only scales the stored gradients by the upstream
+gradient of the (scalar) loss. Extra memory: the [T, V] chunk plus the fp32 [V, H] accumulator (twice a bf16
+weight) -- more than the default path, still far below N x V. Used for reduction "sum" / "mean" without
+return_lse when a gradient is needed; otherwise the default path runs.
 """
 import torch
 
@@ -30,11 +39,13 @@ from .. import reference as ref
 from .._registry import define_op
 from .cross_entropy import KERNELS, _check, _check_labels_on_cpu, reduce_loss
 
-DEFAULT_CHUNKS = (8192, 4096)  # (tokens, vocabulary) per tile: 64 MB of bf16 logits at most
+DEFAULT_CHUNKS = (4096, 16384)  # (tokens, vocabulary) per tile: 128 MB of bf16 logits at most (wide tiles: CPU matmuls)
+FORWARD_GRAD_CHUNK_ELEMENTS = 1 << 27  # grad_in_forward: tokens per chunk = this // V (256 MB of bf16 logits)
 
 
 def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, reduction="mean", return_lse=False, chunk_size=None, backend=None):
+                         softcap=None, reduction="mean", return_lse=False, chunk_size=None, grad_in_forward=False,
+                         backend=None):
     """``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without materializing the logits.
 
     Args:
@@ -42,8 +53,11 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
         weight: ``[V, H]``, the LM head (same dtype as hidden). bias: ``[V]`` or None.
         labels: ``[...]`` (hidden's leading shape) int64 / int32 class indices, or ignore_index.
         ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse: as in eurokernels.cross_entropy.
-        chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (8192, 4096).
-            Extra memory is about one tile of logits, independent of N x V.
+        chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (4096, 16384).
+            Extra memory is about one tile of logits, independent of N x V. With grad_in_forward, the tokens per
+            chunk (default: 2^27 // V, about 1000 at V = 128K: CPU matmuls need tall chunks).
+        grad_in_forward: 3 matmuls instead of 4, gradients computed in the forward, at the cost of an fp32
+            [V, H] accumulator (see the module docstring); reduction "sum" / "mean" without return_lse only.
         backend: "reference" | "cpu" | "triton" | "cuda" | None.
 
     Returns:
@@ -68,6 +82,14 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     logits_like = weight.new_empty(()).expand(*hidden.shape[:-1], weight.shape[0])
     softcap = _check(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
     token_chunk, vocab_chunk = _chunks(chunk_size)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if grad_in_forward and needs_grad and reduction != "none" and not return_lse:
+        if chunk_size is None or isinstance(chunk_size, int):
+            token_chunk = max(1, FORWARD_GRAD_CHUNK_ELEMENTS // weight.shape[0])
+        loss = torch.ops.eurokernels.linear_cross_entropy_grad_in_forward(
+            hidden, weight, bias, labels, int(ignore_index), float(label_smoothing), float(z_loss), softcap,
+            token_chunk, reduction == "mean", backend)[0]
+        return loss.to(hidden.dtype)
     loss, lse = torch.ops.eurokernels.linear_cross_entropy(
         hidden, weight, bias, labels, int(ignore_index), float(label_smoothing), float(z_loss), softcap, token_chunk,
         vocab_chunk, backend)
@@ -129,10 +151,10 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
 
 
 def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk,
-                   vocab_start=0, vocab_total=None):
+                   vocab_start=0, vocab_total=None, fp32_dh=False):
     """(d_hidden, d_weight, d_bias) over tiles; vocabulary chunks outermost so d_weight needs only a chunk-sized
     fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
-    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it)."""
+    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it, in fp32: ``fp32_dh``)."""
     ignore_index, label_smoothing, z_loss, softcap = opts
     n, v = hidden2.shape[0], weight.shape[0]
     vocab_total = v if vocab_total is None else vocab_total
@@ -163,7 +185,38 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
             dw[c0:c1] = dw_acc
         if db_acc is not None:
             db[c0:c1] = db_acc
-    return dh.to(hidden2.dtype), dw, db
+    return dh if fp32_dh else dh.to(hidden2.dtype), dw, db
+
+
+def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk, mean):
+    """grad_in_forward: (loss scalar fp32, d_hidden, d_weight, d_bias) for the unit upstream gradient, in 3 matmuls
+    (see the module docstring). The loss and the gradients already carry the mean's 1 / (non-ignored count)."""
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, v = hidden2.shape[0], weight.shape[0]
+    valid = labels1 != ignore_index
+    row_scale = valid.float()
+    if mean:
+        row_scale = row_scale / valid.sum().clamp(min=1)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden2.device)
+    dh = torch.empty_like(hidden2)
+    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    db = torch.zeros(v, dtype=torch.float32, device=weight.device) if bias is not None else None
+    slice_v = max(1, (1 << 24) // max(1, weight.shape[1]))  # d_weight updated in slices: small temporaries
+    for t0 in range(0, n, token_chunk):
+        t1 = min(n, t0 + token_chunk)
+        h = hidden2[t0:t1]
+        logits = _tile_logits(h, weight, bias, 0, v)
+        l_t, _ = kernel(logits, labels1[t0:t1], None, row_scale[t0:t1], None, logits, ignore_index, label_smoothing,
+                        z_loss, softcap, 0, v)  # logits now hold d_logits
+        loss += (l_t * row_scale[t0:t1]).sum()
+        torch.mm(logits, weight, out=dh[t0:t1])
+        for c0 in range(0, v, slice_v):
+            c1 = min(v, c0 + slice_v)
+            dw[c0:c1] += torch.mm(logits[:, c0:c1].t(), h)
+        if db is not None:
+            db += logits.sum(0, dtype=torch.float32)
+        del logits
+    return loss, dh, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else weight.new_empty(0))
 
 
 # --- ops ------------------------------------------------------------------------------------------------------------
@@ -246,3 +299,52 @@ def _backward(ctx, dloss, dlse):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _grad_in_forward_impl(backend):
+    def run(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap, token_chunk, mean):
+        h2, l1 = _rows(hidden, labels)
+        opts = (ignore_index, label_smoothing, z_loss, softcap)
+        if backend == "reference":
+            _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
+            loss_rows, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, *opts)
+            valid = l1 != ignore_index
+            scale = valid.to(loss_rows.dtype) / (valid.sum().clamp(min=1) if mean else 1)
+            dh, dw, db = ref.linear_cross_entropy_backward(scale, None, h2, weight, bias, l1, lse, *opts)
+            loss = (loss_rows * scale).sum()
+        else:
+            loss, dh, dw, db = forward_with_grads(KERNELS[backend], h2, weight, bias, l1, opts, token_chunk, mean)
+        return loss, dh.view(hidden.shape), dw, db
+    return run
+
+
+def _fake_grad_in_forward(hidden, weight, bias, labels, *args):
+    return (hidden.new_empty((), dtype=torch.float32),) + _fake_backward(None, None, hidden, weight, bias)
+
+
+_fwd_grads = define_op(
+    "linear_cross_entropy_grad_in_forward",
+    "(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, int ignore_index, float label_smoothing, "
+    "float z_loss, float softcap, int token_chunk, bool mean, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    impls={b: _grad_in_forward_impl(b) for b in KERNELS},
+    fake=_fake_grad_in_forward,
+)
+
+
+def _setup_context_grads(ctx, inputs, output):
+    _, dh, dw, db = output
+    ctx.save_for_backward(dh, dw, db)
+    ctx.has_bias = inputs[2] is not None
+    ctx.set_materialize_grads(False)
+
+
+def _backward_grads(ctx, dloss, *_):
+    dh, dw, db = ctx.saved_tensors
+    if dloss is None:
+        return (None,) * 11
+    g = dloss.float()
+    scale = lambda t: (t.float() * g).to(t.dtype)  # one rounding (exact when g == 1, the usual case)
+    return (scale(dh), scale(dw), scale(db) if ctx.has_bias else None) + (None,) * 8
+
+
+_fwd_grads.register_autograd(_backward_grads, setup_context=_setup_context_grads)

@@ -121,9 +121,8 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         h2, l1 = _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
         dloss = torch.zeros_like(lse) if dloss is None else dloss.reshape(-1).float().contiguous()
         dlse = None if dlse is None else dlse.reshape(-1).float().contiguous()
-        dh, dw, db = tiled_backward(KERNELS[backend], dloss, dlse, h2, weight, bias, l1, lse, opts, *chunks, vocab_start,
-                                    vocab_total)
-        dh = dh.float()
+        dh, dw, db = tiled_backward(KERNELS[backend], dloss, dlse, h2, weight, bias, l1, lse, opts, *chunks,
+                                    vocab_start, vocab_total, fp32_dh=True)
         dist.all_reduce(dh, group=group)  # every shard contributes dlogits_shard @ W_shard
         return (dh.to(hidden.dtype).view(hidden.shape), dw, db if bias is not None else None,
                 None, None, None, None, None, None, None)

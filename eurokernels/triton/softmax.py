@@ -11,6 +11,7 @@ from ._common import cast_to
 def softmax_fwd_kernel(
     X, stride_x_row,  # input [M, N], unit stride along N
     Y,                # output [M, N], contiguous
+    LSE,              # [M] fp32: log-sum-exp of each row, saved for the backward
     N,
     BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, LOG: tl.constexpr,
 ):
@@ -25,7 +26,8 @@ def softmax_fwd_kernel(
         mask = cols < N
         x2 = tl.where(mask, tl.load(X + cols, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634,
                       float("-inf"))
-        x2 = x2 - tl.max(x2, axis=0)
+        m = tl.max(x2, axis=0)
+        x2 = x2 - m
         e = tl.exp2(x2)
         s = tl.sum(e, axis=0)
         if LOG:
@@ -33,6 +35,7 @@ def softmax_fwd_kernel(
         else:
             y = e / s
         tl.store(Y + cols, cast_to(y, DTYPE), mask=mask)
+        tl.store(LSE + row, (m + tl.log2(s)) * 0.6931471805599453)
     else:
         m = tl.full([], float("-inf"), tl.float32)
         s = tl.zeros([], dtype=tl.float32)
@@ -44,6 +47,7 @@ def softmax_fwd_kernel(
             s = s * tl.exp2(m - m_new) + tl.sum(tl.exp2(x2 - m_new), axis=0)
             m = m_new
         lse2 = m + tl.log2(s)
+        tl.store(LSE + row, lse2 * 0.6931471805599453)
         for off in range(0, N, BLOCK_N):
             mask = off + cols < N
             x2 = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634 - lse2
@@ -57,17 +61,19 @@ def softmax_fwd_kernel(
 @triton.jit
 def softmax_bwd_kernel(
     DY, stride_dy_row,  # upstream gradient [M, N]
-    Y, stride_y_row,    # the forward's output [M, N]
+    X, stride_x_row,    # the forward's input [M, N]
+    LSE,                # [M] fp32 from the forward
     DX,                 # output [M, N], contiguous
     N,
     BLOCK_N: tl.constexpr, LOG: tl.constexpr,
 ):
-    # softmax: dx = y * (dy - sum(dy * y)); log_softmax: dx = dy - exp(y) * sum(dy). Two sweeps over the row.
+    # p = exp(x - lse) recomputed in fp32. softmax: dx = p * (dy - sum(dy * p)); log_softmax: dx = dy - p * sum(dy).
     row = tl.program_id(0).to(tl.int64)
     DY += row * stride_dy_row
-    Y += row * stride_y_row
+    X += row * stride_x_row
     DX += row * N
     DTYPE = DX.dtype.element_ty
+    lse2 = tl.load(LSE + row) * 1.4426950408889634
     cols = tl.arange(0, BLOCK_N)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for off in range(0, N, BLOCK_N):
@@ -76,37 +82,40 @@ def softmax_bwd_kernel(
         if LOG:
             acc += dy
         else:
-            acc += dy * tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += dy * tl.exp2(x * 1.4426950408889634 - lse2)
     c = tl.sum(acc, axis=0)
     for off in range(0, N, BLOCK_N):
         mask = off + cols < N
         dy = tl.load(DY + off + cols, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
+        p = tl.exp2(tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634 - lse2)
         if LOG:
-            dx = dy - tl.exp(y) * c
+            dx = dy - p * c
         else:
-            dx = y * (dy - c)
+            dx = p * (dy - c)
         tl.store(DX + off + cols, cast_to(dx, DTYPE), mask=mask)
 
 
 def forward(x, log):
+    """x: [M, N] with unit stride along N. Returns (y, lse [M] fp32)."""
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    lse = torch.empty(M, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y
+        return y, lse.fill_(float("-inf"))
     cfg = row_config(N)
-    softmax_fwd_kernel[(M,)](x, x.stride(0), y, N, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, LOG=log,
-                             num_warps=cfg.num_warps)
-    return y
+    softmax_fwd_kernel[(M,)](x, x.stride(0), y, lse, N, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
+                             LOG=log, num_warps=cfg.num_warps)
+    return y, lse
 
 
-def backward(dy, y, log):
-    M, N = y.shape
-    dx = torch.empty((M, N), dtype=y.dtype, device=y.device)
+def backward(dy, x, lse, log):
+    M, N = x.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return dx
     cfg = row_config(N)
-    softmax_bwd_kernel[(M,)](dy, dy.stride(0), y, y.stride(0), dx, N, BLOCK_N=cfg.block_n, LOG=log,
+    softmax_bwd_kernel[(M,)](dy, dy.stride(0), x, x.stride(0), lse, dx, N, BLOCK_N=cfg.block_n, LOG=log,
                              num_warps=cfg.num_warps)
     return dx
 
@@ -118,12 +127,13 @@ def aot_specs():
         for log in (False, True):
             specs.append(dict(
                 name=f"{'log_' if log else ''}softmax_fwd", kernel=softmax_fwd_kernel, num_warps=cfg.num_warps,
-                signature=dict(X="*bf16", stride_x_row="i32", Y="*bf16", N="i32"),
+                signature=dict(X="*bf16", stride_x_row="i32", Y="*bf16", LSE="*fp32", N="i32"),
                 constexprs=dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, LOG=log),
-                aligned=["X", "stride_x_row", "Y", "N"]))
+                aligned=["X", "stride_x_row", "Y", "LSE", "N"]))
             specs.append(dict(
                 name=f"{'log_' if log else ''}softmax_bwd", kernel=softmax_bwd_kernel, num_warps=cfg.num_warps,
-                signature=dict(DY="*bf16", stride_dy_row="i32", Y="*bf16", stride_y_row="i32", DX="*bf16", N="i32"),
+                signature=dict(DY="*bf16", stride_dy_row="i32", X="*bf16", stride_x_row="i32", LSE="*fp32", DX="*bf16",
+                               N="i32"),
                 constexprs=dict(BLOCK_N=cfg.block_n, LOG=log),
-                aligned=["DY", "stride_dy_row", "Y", "stride_y_row", "DX", "N"]))
+                aligned=["DY", "stride_dy_row", "X", "stride_x_row", "LSE", "DX", "N"]))
     return specs

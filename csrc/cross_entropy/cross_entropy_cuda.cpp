@@ -1,0 +1,65 @@
+// Cross-entropy CUDA entry point: validate, allocate, and launch on the current stream (same contract as
+// cross_entropy_cpu in cross_entropy.h, except that out-of-range labels give NaN rows instead of an error).
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "common.h"
+#include "cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_launch.h"
+#include "cuda_utils_host.h"
+
+namespace eurokernels::cross_entropy {
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
+    const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& lse_in,
+    const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
+    const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
+    double softcap, int64_t vocab_start, int64_t vocab_total) {
+  CHECK_DEVICE(logits, at::kCUDA);
+  CHECK_DIM(logits, 2);
+  CHECK_LASTDIM_CONTIGUOUS(logits);
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  CHECK_DTYPE(labels, at::kLong);
+  CHECK_CONTIGUOUS(labels);
+  TORCH_CHECK(labels.numel() == rows, "labels must have ", rows, " elements");
+  for (const auto* t : {&lse_in, &row_scale, &dlse}) {
+    if (!*t) continue;
+    CHECK_DTYPE(**t, at::kFloat);
+    CHECK_CONTIGUOUS(**t);
+    TORCH_CHECK((*t)->numel() == rows, "row vectors must have ", rows, " elements");
+  }
+  if (grad_out) {
+    TORCH_CHECK(row_scale, "a gradient needs row_scale");
+    TORCH_CHECK(grad_out->dim() == 2 && grad_out->size(0) == rows && grad_out->size(1) == n,
+                "grad_out must be [", rows, ", ", n, "]");
+    CHECK_LASTDIM_CONTIGUOUS(*grad_out);
+    CHECK_DTYPE(*grad_out, logits.scalar_type());
+  }
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const bool backward = lse_in.has_value();
+  at::Tensor loss = at::empty({backward ? 0 : rows}, logits.options().dtype(at::kFloat));
+  at::Tensor lse = backward ? *lse_in : at::empty({rows}, logits.options().dtype(at::kFloat));
+
+  Params p{};
+  p.x = logits.const_data_ptr();
+  p.labels = labels.const_data_ptr<int64_t>();
+  p.lse_in = backward ? lse_in->const_data_ptr<float>() : nullptr;
+  p.row_scale = row_scale ? row_scale->const_data_ptr<float>() : nullptr;
+  p.dlse = dlse ? dlse->const_data_ptr<float>() : nullptr;
+  p.loss = backward ? nullptr : loss.mutable_data_ptr<float>();
+  p.lse = backward ? nullptr : lse.mutable_data_ptr<float>();
+  p.grad = grad_out ? grad_out->data_ptr() : nullptr;
+  p.rows = rows;
+  p.n = n;
+  p.stride_x = logits.stride(0);
+  p.stride_g = grad_out ? grad_out->stride(0) : 0;
+  p.opts = Options{ignore_index, vocab_start, vocab_total, static_cast<float>(label_smoothing),
+                   static_cast<float>(z_loss), static_cast<float>(softcap)};
+  p.dtype = cuda::dtype_of(logits);
+  launch(p, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {loss, lse};
+}
+
+}  // namespace eurokernels::cross_entropy

@@ -1,0 +1,612 @@
+"""Cross-entropy, linear cross-entropy and vocab-parallel cross-entropy: every backend against fp64 truth built from
+PyTorch's own F.cross_entropy, options and their combinations, invariants, autograd, compile, memory, bad input."""
+import os
+import tempfile
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import eurokernels as ek
+from eurokernels import reference as ref
+from tolerances import assert_within_torch_error, max_err
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+IGNORE = -100
+# Vocabulary sizes: 1 and 7 (below the CPU vector width and the smallest Triton block), 4096 (one full block),
+# 8193 (one past the largest Triton block of 8192: a looped row with a one-element tail; also a non-multiple of the
+# CPU kernel's 2048 block), 128000 and 256000 (real vocabularies, many blocks).
+VOCABS = [1, 7, 4096, 8193, 128000, 256000]
+
+
+def rows_for(v):
+    return 5 if v <= 8193 else 2  # keep the interpreter short on the largest rows
+
+
+def make(rows, v, dtype, device, *, ignore=(1,), scale=3.0):
+    logits = (torch.randn(rows, v, device=device) * scale).to(dtype)
+    labels = torch.randint(0, v, (rows,), device=device)
+    for i in ignore:
+        if i < rows:
+            labels[i] = IGNORE
+    return logits, labels
+
+
+def truth(logits, labels, *, label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="none", dlse_weight=None):
+    """The loss from PyTorch's own functions on ``logits`` (any dtype, computed in that dtype): F.cross_entropy on
+    the (capped) logits plus the z-loss term. Used in fp64 as the truth and in the low dtype as the yardstick."""
+    z = softcap * torch.tanh(logits / softcap) if softcap else logits
+    loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           label_smoothing=label_smoothing, reduction="none").view(labels.shape)
+    lse = torch.logsumexp(z, -1)
+    if z_loss:
+        loss = loss + z_loss * torch.where(labels != IGNORE, lse * lse, 0.0)
+    if reduction == "sum":
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / (labels != IGNORE).sum().clamp(min=1)
+    return loss, lse
+
+
+def check_against_truth(logits, labels, backend, *, reduction="none", return_lse=False, factor=2.0, **opts):
+    """Forward and backward of ek.cross_entropy vs fp64 truth, bounded by PyTorch's own error in logits' dtype."""
+    x = logits.detach().clone().requires_grad_()
+    out = ek.cross_entropy(x, labels, reduction=reduction, return_lse=return_lse, backend=backend, **opts)
+    loss, lse = out if return_lse else (out, None)
+    xt = logits.detach().double().requires_grad_()
+    loss_t, lse_t = truth(xt, labels, reduction=reduction, **opts)
+    xp = logits.detach().clone().requires_grad_()
+    loss_p, lse_p = truth(xp, labels, reduction=reduction, **opts)
+    assert loss.dtype == logits.dtype and loss.shape == loss_t.shape
+    name = f"{backend} {logits.dtype} V={logits.shape[-1]} {opts} {reduction}"
+    # The loss is stored in the logits' dtype (as PyTorch does): allow its rounding on top of the bound.
+    atol = 1e-5 * max(1.0, loss_t.abs().max().item()) + (loss_t.abs().max().item() * 2 ** -8
+                                                         if logits.dtype != torch.float32 else 0.0)
+    assert_within_torch_error(loss, loss_t, loss_p, factor=factor, atol=atol, name=f"loss ({name})")
+    g = torch.randn_like(loss_t)
+    terms_t, terms, terms_p = [(loss_t * g).sum()], [(loss.double() * g).sum()], [(loss_p.double() * g).sum()]
+    if return_lse:
+        assert lse.dtype == torch.float32
+        assert_within_torch_error(lse, lse_t, lse_p, factor=factor, name=f"lse ({name})")
+        gl = torch.randn_like(lse_t)
+        terms_t.append((lse_t * gl).sum())
+        terms.append((lse.double() * gl).sum())
+        terms_p.append((lse_p.double() * gl).sum())
+    sum(terms_t).backward()
+    sum(terms).backward()
+    sum(terms_p).backward()
+    assert_within_torch_error(x.grad, xt.grad, xp.grad, factor=factor,
+                              atol=1e-5 * max(1.0, xt.grad.abs().max().item()), name=f"grad ({name})")
+    return loss, x.grad
+
+
+def test_reference_matches_pytorch():
+    logits, labels = make(6, 50, torch.float64, "cpu", ignore=(2,))
+    for eps in (0.0, 0.1):
+        loss, lse = ref.cross_entropy(logits, labels, IGNORE, eps)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, labels, ignore_index=IGNORE, label_smoothing=eps,
+                                                         reduction="none"))
+        torch.testing.assert_close(lse, torch.logsumexp(logits, -1))
+
+
+# The largest vocabularies run in bf16 only (interpreter time); fp32 / fp16 at 8193 cover the looped path there.
+CASES = [(v, d) for v in VOCABS for d in DTYPES if v <= 8193 or d == torch.bfloat16]
+
+
+@pytest.mark.parametrize(("v", "dtype"), CASES, ids=[f"{v}-{d}" for v, d in CASES])
+def test_forward_backward(device, backend, dtype, v):
+    logits, labels = make(rows_for(v), v, dtype, device)
+    check_against_truth(logits, labels, backend)
+
+
+OPTION_SETS = [
+    dict(label_smoothing=0.1),
+    dict(z_loss=1e-3),
+    dict(softcap=5.0),
+    dict(label_smoothing=0.2, z_loss=1e-2, softcap=3.0),
+]
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options(device, backend, opts, reduction):
+    # 3-D logits with a ragged vocabulary (not a multiple of any block), ignored tokens, and the lse returned with
+    # its own upstream gradient (the backward then carries both terms).
+    logits, labels = make(6, 1000, torch.float32, device, ignore=(1, 4))
+    check_against_truth(logits.view(2, 3, 1000), labels.view(2, 3), backend, reduction=reduction, return_lse=True,
+                        **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_options_low_precision(device, backend, dtype):
+    logits, labels = make(4, 3000, dtype, device)
+    check_against_truth(logits, labels, backend, reduction="mean", label_smoothing=0.1, z_loss=1e-3, softcap=20.0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_all_ignored(device, backend, reduction):
+    # Every token ignored: loss 0 and gradient 0, never NaN (PyTorch's mean gives NaN here).
+    logits = torch.randn(3, 100, device=device, requires_grad=True)
+    labels = torch.full((3,), IGNORE, device=device)
+    loss = ek.cross_entropy(logits, labels, reduction=reduction, z_loss=1e-2, label_smoothing=0.1, backend=backend)
+    loss.sum().backward()
+    assert torch.equal(loss, torch.zeros_like(loss))
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_custom_ignore_index_and_int32_labels(device, backend):
+    logits, labels = make(5, 64, torch.float32, device, ignore=())
+    labels[3] = 7
+    expected = F.cross_entropy(logits, labels, ignore_index=7)
+    got = ek.cross_entropy(logits, labels.int(), ignore_index=7, backend=backend)
+    torch.testing.assert_close(got, expected)
+
+
+def test_true_class_term_exact_bf16(device, backend):
+    # A confident row: p_label ~ 1 - 1e-3. The gradient p - 1 must be formed in fp32 and rounded once (bf16 of
+    # -1e-3 has 8 significant bits), not as round(p) - 1 (which is 0 or -2^-8).
+    v = 512
+    logits = torch.zeros(2, v, device=device)
+    logits[:, 3] = 14.0
+    labels = torch.tensor([3, 3], device=device)
+    x = logits.to(torch.bfloat16).requires_grad_()
+    ek.cross_entropy(x, labels, reduction="sum", backend=backend).backward()
+    exact = torch.softmax(x.detach().double(), -1)[:, 3] - 1
+    got = x.grad[:, 3].double()
+    assert (got - exact).abs().max() <= 2 ** -8 * exact.abs().max(), (got, exact)
+    # Negative control: the naive order (round the softmax to bf16, then subtract 1) fails the same bound.
+    naive = (torch.softmax(x.detach().float(), -1).to(torch.bfloat16) - 1)[:, 3].double()
+    assert (naive - exact).abs().max() > 2 ** -8 * exact.abs().max()
+
+
+def test_inplace_backward(device, backend):
+    logits, labels = make(4, 3000, torch.bfloat16, device)
+    x0 = logits.clone().requires_grad_()
+    ek.cross_entropy(x0, labels, backend=backend).backward()
+    expected = x0.grad
+    # The logits as an intermediate (the LM head's output): their storage becomes their gradient.
+    src = logits.detach().clone().float().requires_grad_()
+    x = src.to(torch.bfloat16)
+    ek.cross_entropy(x, labels, inplace_backward=True, backend=backend).backward()
+    assert torch.equal(x.detach(), expected), "the logits' storage must now hold their gradient"
+    assert torch.equal(src.grad, expected.float())
+    # Misuse is caught by autograd: another op saved the logits, the in-place backward overwrote them.
+    y = logits.detach().clone().requires_grad_()
+    z = y * 1.0
+    other = (z * z).float().sum()  # mul saves z for its backward, which runs after the loss's
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (ek.cross_entropy(z, labels, inplace_backward=True, backend=backend) + other).backward()
+
+
+def test_shift_invariance(device, backend):
+    # Adding a constant to a row changes neither the loss (beyond the lse's own rounding) nor the gradient.
+    logits, labels = make(4, 5000, torch.float32, device)
+    a = ek.cross_entropy(logits, labels, reduction="none", backend=backend)
+    b = ek.cross_entropy(logits + 100.0, labels, reduction="none", backend=backend)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_masked_vocabulary_minus_inf(device, backend):
+    # Padded vocabulary entries set to -inf (a common trick) contribute nothing and get a zero gradient.
+    logits, labels = make(3, 300, torch.float32, device, ignore=())
+    labels = labels.clamp(max=199)
+    x = logits.clone()
+    x[:, 200:] = float("-inf")
+    xg = x.clone().requires_grad_()
+    loss = ek.cross_entropy(xg, labels, backend=backend)
+    loss.backward()
+    torch.testing.assert_close(loss, F.cross_entropy(logits[:, :200], labels))
+    assert torch.equal(xg.grad[:, 200:], torch.zeros_like(xg.grad[:, 200:]))
+
+
+def test_strided_logits(device, backend):
+    base = torch.randn(4, 2 * 700, device=device)
+    labels = torch.randint(0, 700, (4,), device=device)
+    for x in (base[:, :700], base[:, 700:], base[:, ::2]):
+        torch.testing.assert_close(ek.cross_entropy(x, labels, backend=backend), F.cross_entropy(x, labels))
+
+
+def test_out_of_range_labels(device, backend):
+    logits = torch.randn(3, 10, device=device)
+    for bad in (10, -1):
+        labels = torch.tensor([1, bad, 2], device=device)
+        if device.type == "cpu" and backend in ("cpu", "reference"):
+            with pytest.raises((IndexError, RuntimeError), match="out of range"):
+                ek.cross_entropy(logits, labels, backend=backend)
+        else:  # documented GPU behaviour (no host sync): that token's loss and gradient row are NaN
+            x = logits.clone().requires_grad_()
+            loss = ek.cross_entropy(x, labels, reduction="none", backend=backend)
+            loss.sum().backward()
+            assert torch.isnan(loss[1]) and not torch.isnan(loss[[0, 2]]).any()
+            assert torch.isnan(x.grad[1]).all() and not torch.isnan(x.grad[[0, 2]]).any()
+
+
+def test_gradcheck_fp64_reference(device):
+    x = torch.randn(4, 9, dtype=torch.float64, device=device, requires_grad=True)
+    labels = torch.tensor([0, IGNORE, 8, 3], device=device)
+
+    def fn(x):
+        loss, lse = ek.cross_entropy(x, labels, label_smoothing=0.1, z_loss=0.05, softcap=2.0, return_lse=True,
+                                     reduction="sum", backend="reference")
+        return loss, lse
+
+    assert torch.autograd.gradcheck(fn, (x,))
+
+
+def test_gradcheck_kernels_fp32(device, backend):
+    x = torch.randn(3, 16, device=device, requires_grad=True)
+    labels = torch.tensor([1, 15, IGNORE], device=device)
+    fn = lambda x: ek.cross_entropy(x, labels, label_smoothing=0.1, z_loss=0.01, softcap=4.0, return_lse=True,
+                                    backend=backend)
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-2, atol=2e-2, rtol=2e-2, fast_mode=True)
+
+
+def test_opcheck(device, backend):
+    x = torch.randn(5, 40, device=device, requires_grad=True)
+    labels = torch.tensor([1, IGNORE, 39, 0, 7], device=device)
+    opts = (IGNORE, 0.1, 1e-3, 4.0)
+    torch.library.opcheck(torch.ops.eurokernels.cross_entropy.default, (x, labels, *opts, False, backend))
+    lse = torch.logsumexp(4.0 * torch.tanh(x.detach() / 4.0), -1)
+    dloss, dlse = torch.randn(5, device=device), torch.randn(5, device=device)
+    torch.library.opcheck(torch.ops.eurokernels.cross_entropy_backward.default,
+                          (dloss, dlse, x.detach(), labels, lse, *opts, 0, 40, backend))
+    torch.library.opcheck(torch.ops.eurokernels.cross_entropy_backward_.default,
+                          (dloss, None, x.detach().clone(), labels, lse, *opts, 0, 40, backend))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_compile_fullgraph(device, backend, inplace):
+    # No host sync anywhere: the whole step, with mean over non-ignored tokens and the lse, is one graph.
+    head = torch.nn.Linear(32, 300, device=device)
+
+    def step(h, labels):
+        loss, lse = ek.cross_entropy(head(h), labels, z_loss=1e-3, return_lse=True, inplace_backward=inplace,
+                                     backend=backend)
+        return loss + 1e-3 * lse.sum()
+
+    h = torch.randn(2, 5, 32, device=device, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 5), device=device)
+    labels[0, 1] = IGNORE
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled(h, labels).backward()
+    grads = [t.grad.clone() for t in (h, head.weight, head.bias)]
+    for t in (h, head.weight, head.bias):
+        t.grad = None
+    step(h, labels).backward()
+    for got, t in zip(grads, (h, head.weight, head.bias)):
+        torch.testing.assert_close(got, t.grad)
+
+
+def test_module_matches_pytorch(device, backend):
+    logits, labels = make(6, 77, torch.float32, device)
+    ours = ek.nn.CrossEntropyLoss(label_smoothing=0.1, backend=backend)
+    theirs = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    torch.testing.assert_close(ours(logits, labels), theirs(logits, labels))
+
+
+def test_int64_indexing_beyond_2_31():
+    # rows * V > 2^31 elements (cpu backend; the Triton and CUDA kernels use the same int64 row offsets and are
+    # checked at this size by the GPU twin below). The in-place backward keeps the memory at one copy (4.3 GB).
+    v = 262144
+    rows = (1 << 31) // v + 2
+    x = torch.zeros(rows, v, dtype=torch.bfloat16)
+    x[-2:] = torch.randn(2, v, dtype=torch.bfloat16)
+    labels = torch.full((rows,), IGNORE)
+    labels[-2:] = torch.tensor([5, v - 1])
+    tail = x[-2:].clone().requires_grad_()  # the same rows on their own: int32 offsets suffice there
+    expected = ek.cross_entropy(tail, labels[-2:], reduction="sum", backend="cpu")
+    expected.backward()
+    t = truth(tail.detach().double(), labels[-2:], reduction="sum")[0].item()
+    assert abs(expected.item() - t) <= 2 ** -8 * abs(t)  # the loss is stored in bf16
+    xg = x.requires_grad_()
+    loss = ek.cross_entropy(xg, labels, reduction="sum", inplace_backward=True, backend="cpu")
+    loss.backward()
+    torch.testing.assert_close(loss, expected, atol=0, rtol=0)
+    torch.testing.assert_close(xg.grad[-2:], tail.grad, atol=0, rtol=0)
+    assert not torch.any(xg.grad[:-2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU with >= 12 GB")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_int64_indexing_beyond_2_31_gpu(backend):
+    v = 262144
+    rows = (1 << 31) // v + 2
+    x = torch.zeros(rows, v, dtype=torch.bfloat16, device="cuda")
+    x[-2:] = torch.randn(2, v, dtype=torch.bfloat16, device="cuda")
+    labels = torch.full((rows,), IGNORE, device="cuda")
+    labels[-2:] = torch.tensor([5, v - 1], device="cuda")
+    xg = x.requires_grad_()
+    loss = ek.cross_entropy(xg, labels, reduction="sum", inplace_backward=True, backend=backend)
+    loss.backward()
+    expected = ek.cross_entropy(x[-2:].detach().clone().requires_grad_(), labels[-2:], reduction="sum",
+                                backend="reference")
+    torch.testing.assert_close(loss, expected, atol=1e-2, rtol=1e-3)
+
+
+def test_errors():
+    x = torch.randn(4, 16)
+    y = torch.randint(0, 16, (4,))
+    cases = [
+        (dict(logits=x.int(), labels=y), TypeError, "logits: expected dtype"),
+        (dict(logits=x, labels=y.float()), TypeError, "labels: expected dtype"),
+        (dict(logits=x, labels=y[:3]), ValueError, "labels: expected shape"),
+        (dict(logits=x[:, :0], labels=y), ValueError, "logits: expected at least one class"),
+        (dict(logits=x, labels=y, label_smoothing=1.5), ValueError, "label_smoothing: expected a number in"),
+        (dict(logits=x, labels=y, z_loss=-1.0), ValueError, "z_loss: expected a number >= 0"),
+        (dict(logits=x, labels=y, softcap=0.0), ValueError, "softcap: expected a positive number"),
+        (dict(logits=x, labels=y, reduction="avg"), ValueError, "reduction: expected one of"),
+        (dict(logits=x, labels=y, ignore_index=1.5), TypeError, "ignore_index: expected an int"),
+        (dict(logits=x, labels=y.to("meta")), ValueError, "labels: expected a tensor on cpu"),
+        (dict(logits=x, labels=y, backend="cuda"), ValueError, "backend 'cuda' needs CUDA tensors"),
+    ]
+    for kwargs, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            ek.cross_entropy(**kwargs)
+
+
+# --- linear_cross_entropy ------------------------------------------------------------------------------------------
+
+def linear_truth(h, w, b, labels, reduction, **opts):
+    return truth(F.linear(h, w, b), labels, reduction=reduction, **opts)[0]
+
+
+@pytest.mark.parametrize("chunk_size", [None, (16, 40), 48], ids=["default", "16x40", "v48"])
+@pytest.mark.parametrize("case", [
+    dict(reduction="mean"),
+    dict(reduction="none", bias=True),
+    dict(reduction="sum", label_smoothing=0.1, z_loss=1e-2, softcap=4.0, bias=True),
+], ids=["mean", "none-bias", "sum-all-options"])
+def test_linear_cross_entropy(device, backend, case, chunk_size):
+    # Several tiles in both directions, ragged tails (29 tokens, 100 classes), ignored tokens, 3-D hidden.
+    case = dict(case)
+    use_bias, reduction = case.pop("bias", False), case.pop("reduction")
+    n, hdim, v = 29, 24, 100
+    h = torch.randn(n, hdim, device=device)
+    w = torch.randn(v, hdim, device=device) * 0.3
+    b = torch.randn(v, device=device) if use_bias else None
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[[0, 5]] = IGNORE
+    ins = [t.clone().requires_grad_() for t in (h, w, b) if t is not None]
+    loss = ek.linear_cross_entropy(ins[0].view(1, n, hdim), ins[1], labels.view(1, n),
+                                   bias=ins[2] if use_bias else None, reduction=reduction, chunk_size=chunk_size,
+                                   backend=backend, **case)
+    tru = [t.double().requires_grad_() for t in (h, w, b) if t is not None]
+    loss_t = linear_truth(tru[0], tru[1], tru[2] if use_bias else None, labels, reduction, **case)
+    torch.testing.assert_close(loss.double().view_as(loss_t), loss_t, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(loss_t)
+    (loss.double().view_as(loss_t) * g).sum().backward()
+    (loss_t * g).sum().backward()
+    for name, got, t in zip(("d_hidden", "d_weight", "d_bias"), ins, tru):
+        torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_linear_grad_in_forward(device, backend, reduction):
+    # The 3-matmul path: gradients computed in the forward over token chunks (ragged: 29 tokens in chunks of 8),
+    # d_weight accumulated in fp32, scaled in the backward by a non-unit upstream gradient.
+    n, hdim, v = 29, 24, 100
+    h = torch.randn(n, hdim, device=device)
+    w = torch.randn(v, hdim, device=device) * 0.3
+    b = torch.randn(v, device=device)
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[[0, 5]] = IGNORE
+    opts = dict(label_smoothing=0.1, z_loss=1e-2, softcap=4.0)
+    ins = [t.clone().requires_grad_() for t in (h, w, b)]
+    loss = ek.linear_cross_entropy(ins[0], ins[1], labels, bias=ins[2], reduction=reduction, chunk_size=(8, 16),
+                                   grad_in_forward=True, backend=backend, **opts)
+    assert "grad_in_forward" in type(loss.grad_fn).__name__  # the path under test actually ran
+    tru = [t.double().requires_grad_() for t in (h, w, b)]
+    loss_t = linear_truth(*tru, labels, reduction, **opts)
+    torch.testing.assert_close(loss.double(), loss_t, atol=1e-5, rtol=1e-5)
+    (loss * 2.5).backward()
+    (loss_t * 2.5).backward()
+    for name, got, t in zip(("d_hidden", "d_weight", "d_bias"), ins, tru):
+        torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_linear_cross_entropy_low_precision(device, backend, dtype):
+    # Against fp64 truth on the same low-precision inputs, bounded by F.linear + F.cross_entropy's own error in that
+    # dtype (the logits are rounded per tile exactly as F.linear rounds them).
+    n, hdim, v = 40, 64, 3000
+    h = torch.randn(n, hdim, device=device).to(dtype)
+    w = (torch.randn(v, hdim, device=device) * 0.2).to(dtype)
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[3] = IGNORE
+    ins = [t.clone().requires_grad_() for t in (h, w)]
+    loss = ek.linear_cross_entropy(*ins, labels, chunk_size=(16, 1024), backend=backend, z_loss=1e-3)
+    tru = [t.double().requires_grad_() for t in (h, w)]
+    loss_t = linear_truth(*tru, None, labels, "mean", z_loss=1e-3)
+    pt = [t.clone().requires_grad_() for t in (h, w)]
+    loss_p = linear_truth(pt[0].float() if dtype == torch.float16 else pt[0],
+                          pt[1].float() if dtype == torch.float16 else pt[1], None, labels, "mean", z_loss=1e-3)
+    atol = loss_t.abs().item() * 2 ** -7
+    assert_within_torch_error(loss, loss_t, loss_p, factor=2.0, atol=atol, name="loss")
+    for t in (loss, loss_t, loss_p):
+        t.backward()
+    for name, got, t, p in zip(("d_hidden", "d_weight"), ins, tru, pt):
+        assert_within_torch_error(got.grad, t.grad, p.grad, factor=2.0, atol=1e-3 * t.grad.abs().max().item(),
+                                  name=name)
+
+
+class LiveMemory(TorchDispatchMode):
+    """Peak bytes of live tensors created by the PyTorch ops run inside the block (storages, each counted once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.current, self.peak, self.largest = {}, 0, 0, 0
+
+    def _free(self, key):
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                key, size = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                if size and key not in self.live:
+                    self.live[key] = size
+                    self.current += size
+                    self.peak = max(self.peak, self.current)
+                    self.largest = max(self.largest, size)
+                    weakref.finalize(t, self._free, key)
+        return out
+
+
+def test_linear_cross_entropy_memory_bounded_by_chunk():
+    # The op's cpu implementation (the same code the registered op runs; a dispatch mode cannot look inside a
+    # custom op) never holds more than a tile of logits; eager F.linear + F.cross_entropy holds several N x V.
+    from eurokernels.ops import linear_cross_entropy as lce
+    n, hdim, v = 512, 32, 16000
+    tile = (128, 1024)
+    h = torch.randn(n, hdim)
+    w = torch.randn(v, hdim) * 0.1
+    labels = torch.randint(0, v, (n,))
+    opts = (IGNORE, 0.0, 0.0, 0.0)
+    with LiveMemory() as ours:
+        loss, lse = lce._forward_impl("cpu")(h, w, None, labels, *opts, *tile)
+        grads = lce._backward_impl("cpu")(torch.full((n,), 1.0 / n), None, h, w, None, labels, lse, *opts, *tile)
+    nv_bytes = n * v * 4
+    grad_bytes = (n * hdim + v * hdim) * 4  # the gradients themselves (outputs) + d_hidden's fp32 accumulator
+    tile_bytes = tile[0] * tile[1] * 4
+    assert ours.largest <= max(tile_bytes, n * hdim * 4, v * hdim * 4), ours.largest
+    assert ours.peak <= 2 * tile_bytes + 2 * grad_bytes, (ours.peak, tile_bytes, grad_bytes)
+    assert ours.peak < nv_bytes / 4
+    # Negative control: the checker sees the eager path's N x V tensors.
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with LiveMemory() as eager:
+        F.cross_entropy(F.linear(hh, ww), labels).backward()
+    assert eager.peak >= 2 * nv_bytes
+    # And the numbers agree.
+    torch.testing.assert_close(grads[1], ww.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_linear_gradcheck_fp64_reference(device):
+    h = torch.randn(5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(11, 6, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, device=device, requires_grad=True)
+    labels = torch.tensor([0, IGNORE, 10, 3, 3], device=device)
+    fn = lambda h, w, b: ek.linear_cross_entropy(h, w, labels, bias=b, label_smoothing=0.1, z_loss=0.05, softcap=2.0,
+                                                 return_lse=True, backend="reference")
+    assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+def test_linear_opcheck(device, backend):
+    h = torch.randn(6, 8, device=device, requires_grad=True)
+    w = torch.randn(20, 8, device=device, requires_grad=True)
+    b = torch.randn(20, device=device, requires_grad=True)
+    labels = torch.tensor([1, IGNORE, 19, 0, 7, 7], device=device)
+    opts = (IGNORE, 0.1, 1e-3, 4.0, 4, 8)
+    torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy.default, (h, w, b, labels, *opts, backend))
+    torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_grad_in_forward.default,
+                          (h, w, b, labels, *opts[:-1], True, backend))
+    lse = torch.randn(6, device=device)
+    torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_backward.default,
+                          (torch.randn(6, device=device), None, h.detach(), w.detach(), b.detach(), labels, lse,
+                           *opts, backend))
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_linear_compile_fullgraph(device, backend, grad_in_forward):
+    head = ek.nn.LinearCrossEntropyLoss(16, 90, bias=True, z_loss=1e-3, chunk_size=(4, 32),
+                                        grad_in_forward=grad_in_forward, backend=backend)
+    head = head.to(device)
+    h = torch.randn(3, 4, 16, device=device, requires_grad=True)
+    labels = torch.randint(0, 90, (3, 4), device=device)
+    compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
+    compiled(h, labels).backward()
+    grads = [t.grad.clone() for t in (h, head.weight, head.bias)]
+    for t in (h, head.weight, head.bias):
+        t.grad = None
+    head(h, labels).backward()
+    for got, t in zip(grads, (h, head.weight, head.bias)):
+        torch.testing.assert_close(got, t.grad)
+    expected = F.cross_entropy(F.linear(h, head.weight, head.bias).flatten(0, 1), labels.flatten(), reduction="none")
+    expected = expected + 1e-3 * torch.logsumexp(F.linear(h, head.weight, head.bias), -1).flatten() ** 2
+    torch.testing.assert_close(head(h, labels), expected.mean())
+
+
+def test_linear_errors():
+    h, w, y = torch.randn(4, 8), torch.randn(10, 8), torch.randint(0, 10, (4,))
+    cases = [
+        (dict(hidden=h, weight=w[:, :7], labels=y), ValueError, "weight: expected"),
+        (dict(hidden=h, weight=w.double(), labels=y), TypeError, "weight: expected dtype"),
+        (dict(hidden=h, weight=w, labels=y, bias=torch.randn(9)), ValueError, "bias: expected"),
+        (dict(hidden=h, weight=w, labels=y[:3]), ValueError, "labels: expected shape"),
+        (dict(hidden=h, weight=w, labels=y, chunk_size=0), ValueError, "chunk_size: expected"),
+        (dict(hidden=h, weight=w, labels=y, reduction="avg"), ValueError, "reduction: expected one of"),
+    ]
+    for kwargs, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            ek.linear_cross_entropy(**kwargs)
+    with pytest.raises((IndexError, RuntimeError), match="out of range"):
+        ek.linear_cross_entropy(h, w, torch.tensor([0, 1, 10, 2]), backend="cpu")
+
+
+# --- vocab-parallel --------------------------------------------------------------------------------------------------
+
+def _vocab_parallel_worker(rank, world, init_file, backend):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same full problem on every rank
+        n, hdim, v = 13, 8, 24 * world + 0  # v divisible by the world size for the default equal slices
+        logits = torch.randn(n, v) * 3
+        labels = torch.randint(0, v, (n,))
+        labels[2] = IGNORE
+        h = torch.randn(n, hdim)
+        w = torch.randn(v, hdim) * 0.3
+        b = torch.randn(v)
+        per = v // world
+        sl = slice(rank * per, (rank + 1) * per)
+        for opts in (dict(), dict(label_smoothing=0.1, z_loss=1e-2, softcap=4.0)):
+            for reduction in ("mean", "none"):
+                # logits variant
+                full = logits.clone().requires_grad_()
+                loss_1, lse_1 = ek.cross_entropy(full, labels, reduction=reduction, return_lse=True, backend=backend,
+                                                 **opts)
+                shard = logits[:, sl].clone().requires_grad_()
+                loss_p, lse_p = ek.vocab_parallel_cross_entropy(shard, labels, reduction=reduction, return_lse=True,
+                                                                backend=backend, **opts)
+                torch.testing.assert_close(loss_p, loss_1, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(lse_p, lse_1, atol=1e-5, rtol=1e-5)
+                g = torch.linspace(0.5, 1.5, loss_1.numel()).view_as(loss_1)
+                ((loss_1 * g).sum() + lse_1.sum() * 0.1).backward()
+                ((loss_p * g).sum() + lse_p.sum() * 0.1).backward()
+                torch.testing.assert_close(shard.grad, full.grad[:, sl], atol=1e-6, rtol=1e-5)
+                # linear variant (explicit vocab_start / vocab_total this time)
+                ins1 = [t.clone().requires_grad_() for t in (h, w, b)]
+                l1 = ek.linear_cross_entropy(ins1[0], ins1[1], labels, bias=ins1[2], reduction=reduction,
+                                             backend=backend, **opts)
+                insp = [h.clone().requires_grad_(), w[sl].clone().requires_grad_(), b[sl].clone().requires_grad_()]
+                lp = ek.vocab_parallel_linear_cross_entropy(insp[0], insp[1], labels, bias_shard=insp[2],
+                                                            vocab_start=rank * per, vocab_total=v,
+                                                            reduction=reduction, chunk_size=(5, 7), backend=backend,
+                                                            **opts)
+                torch.testing.assert_close(lp, l1, atol=1e-5, rtol=1e-5)
+                (l1 * g).sum().backward()
+                (lp * g).sum().backward()
+                torch.testing.assert_close(insp[0].grad, ins1[0].grad, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(insp[1].grad, ins1[1].grad[sl], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(insp[2].grad, ins1[2].grad[sl], atol=1e-5, rtol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_vocab_parallel_matches_single_rank(world):
+    # gloo on CPU, spawned processes; each rank asserts its loss, lse and gradients equal the single-rank ones.
+    import torch.multiprocessing as mp
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_vocab_parallel_worker, args=(world, os.path.join(d, "init"), "cpu"), nprocs=world, join=True)
+
+
+def test_vocab_parallel_errors():
+    x, y = torch.randn(2, 8), torch.randint(0, 16, (2,))
+    with pytest.raises(ValueError, match="vocab_total: required"):
+        ek.vocab_parallel_cross_entropy(x, y, vocab_start=0)
+    with pytest.raises(ValueError, match="vocab_start: the shard"):
+        ek.vocab_parallel_cross_entropy(x, y, vocab_start=12, vocab_total=16)
