@@ -7,6 +7,7 @@ test functions), so the two can never measure different things.
 """
 import gc
 import json
+import os
 import platform
 import statistics
 import time
@@ -119,3 +120,32 @@ def pytest_benchmark_case(benchmark, case, provider, device):
     fn()  # warm-up (compiles, page-faults the inputs)
     benchmark.extra_info.update(op=case.op, case=case.label, mode=case.mode, bytes=case.bytes, flops=case.flops)
     benchmark.pedantic(lambda: (fn(), sync(device)), rounds=5, iterations=1, warmup_rounds=1)
+
+
+def write_plots(rows, outdir):
+    """One PNG per op and mode: throughput (GB/s, or TFLOP/s for compute-bound ops) per shape, a line per provider.
+    Returns the paths written. matplotlib is a benchmark-only dependency (.ci/requirements.txt)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for op, mode in dict.fromkeys((r["op"], r["mode"]) for r in rows):
+        sel = [r for r in rows if r["op"] == op and r["mode"] == mode]
+        metric = "tflops" if any(r.get("tflops") for r in sel) else "gbps"
+        cases = list(dict.fromkeys(r["case"] for r in sel))
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cases) + 3), 4.5))
+        for provider in dict.fromkeys(r["provider"] for r in sel):
+            pts = {r["case"]: r[metric] for r in sel if r["provider"] == provider and r.get(metric)}
+            ax.plot(range(len(cases)), [pts.get(c, float("nan")) for c in cases], marker="o", label=provider)
+        ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("TFLOP/s" if metric == "tflops" else "GB/s")
+        ax.set_title(f"{op} {mode}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, f"{op}_{mode.replace('+', '_')}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

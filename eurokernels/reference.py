@@ -347,6 +347,10 @@ def _attention_probs(q, k, scale, window_left, window_right, softcap, upcast):
 
 
 def _dense_attention(q, k, v, scale, window_left, window_right, softcap, upcast):
+    if k.shape[1] == 0 or q.shape[1] == 0:  # no keys (or no queries): zeros, lse -inf; q * 0 keeps the graph
+        lse = q.new_full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"),
+                         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        return q * 0, lse
     p, _, lse = _attention_probs(q, k, scale, window_left, window_right, softcap, upcast)
     hq, hk = q.shape[2], k.shape[2]
     vf = (up(v) if upcast else v).transpose(1, 2).repeat_interleave(hq // hk, dim=1)
@@ -391,6 +395,8 @@ def attention(q, k, v, causal=False, softmax_scale=None, window_size=(-1, -1), s
 def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, softcap):
     """Gradients of one dense batch in fp32 math: dP = dO V^T, dS = P * (dP - rowsum(P * dP)) (times the softcap
     derivative 1 - tanh^2), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO; GQA gradients summed over the group."""
+    if k.shape[1] == 0 or q.shape[1] == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     p, t, _ = _attention_probs(q, k, scale, window_left, window_right, softcap, True)
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]

@@ -1,6 +1,6 @@
 // Attention on CPU: FlashAttention-2 blockwise with an online softmax; no seqlen x seqlen matrix is ever formed.
 //
-// Blocks of kBQ queries x kBK keys go through oneDNN's batch-reduce GEMM micro-kernels (at::native::cpublas::
+// Blocks of queries x keys go through oneDNN's batch-reduce GEMM micro-kernels (at::native::cpublas::
 // brgemm, the ones PyTorch's own CPU flash attention uses). bf16 operands are multiplied as bf16 with fp32
 // accumulation (AVX512-BF16 dot products; the B operand packed in the VNNI layout: pairs along the reduction
 // dimension interleaved); fp16 and fp32 inputs are converted to fp32 blocks and multiplied in fp32. Softmax,
@@ -37,8 +37,10 @@ namespace {
 using cpu::Vec;
 using BF16 = at::BFloat16;
 
-constexpr int64_t kBQ = 64;  // queries per block (GEMM M in the forward)
-constexpr int64_t kBK = 64;  // keys per block
+// Block sizes (queries x keys). The forward's larger key blocks halve the per-block softmax bookkeeping
+// (rescaling the output rows); the backward keeps five [64 x 64] tiles per block pair in L1/L2.
+constexpr int64_t kFwdBQ = 128, kFwdBK = 128;
+constexpr int64_t kBwdBQ = 128, kBwdBK = 64;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---- GEMM on blocks --------------------------------------------------------------------------------------------
@@ -77,11 +79,17 @@ inline void release_gemm() {
 
 // ---- packing blocks of rows (n valid rows of d elements, row stride ld) into GEMM operands, zero-padded to nb ----
 
+template <typename CT, typename T>
+inline CT cvt(T x) {
+  if constexpr (std::is_same_v<T, CT>) return x;  // bf16 -> bf16: a plain copy
+  else return static_cast<CT>(static_cast<float>(x));
+}
+
 // A operand (row-major [nb, d]).
 template <typename T, typename CT>
 void pack_rows(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
-    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
 }
 
 // B operand of X @ src^T: B[kk = c][col = r].
@@ -89,7 +97,7 @@ template <typename T, typename CT>
 void pack_bt(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
     for (int64_t c = 0; c < d; ++c) {
-      const CT x = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+      const CT x = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
       if constexpr (std::is_same_v<CT, BF16>) dst[((c / 2) * nb + r) * 2 + (c & 1)] = x;
       else dst[c * nb + r] = x;
     }
@@ -102,8 +110,7 @@ void pack_b(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst)
     pack_rows(src, ld, n, nb, d, dst);
   } else {
     for (int64_t r = 0; r < nb; ++r)
-      for (int64_t c = 0; c < d; ++c)
-        dst[((r / 2) * d + c) * 2 + (r & 1)] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+      for (int64_t c = 0; c < d; ++c) dst[((r / 2) * d + c) * 2 + (r & 1)] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
   }
 }
 
@@ -111,22 +118,21 @@ void pack_b(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst)
 template <typename T, typename CT>
 void pack_t(const T* src, int64_t ld, int64_t n, int64_t nb, int64_t d, CT* dst) {
   for (int64_t r = 0; r < nb; ++r)
-    for (int64_t c = 0; c < d; ++c) dst[c * nb + r] = r < n ? static_cast<CT>(static_cast<float>(src[r * ld + c])) : CT(0.f);
+    for (int64_t c = 0; c < d; ++c) dst[c * nb + r] = r < n ? cvt<CT>(src[r * ld + c]) : CT(0.f);
 }
 
-// fp32 [rows, cols] (rows even) -> B operand in CT.
+// fp32 [rows, cols] (rows even, cols a multiple of Vec::size()) -> B operand in CT.
 template <typename CT>
 void to_b(const float* src, int64_t rows, int64_t cols, CT* dst) {
-  for (int64_t r = 0; r < rows; r += 2)
-    for (int64_t c = 0; c < cols; ++c) {
-      if constexpr (std::is_same_v<CT, BF16>) {
-        dst[(r / 2) * cols * 2 + 2 * c] = static_cast<BF16>(src[r * cols + c]);
-        dst[(r / 2) * cols * 2 + 2 * c + 1] = static_cast<BF16>(src[(r + 1) * cols + c]);
-      } else {
-        dst[r * cols + c] = src[r * cols + c];
-        dst[(r + 1) * cols + c] = src[(r + 1) * cols + c];
+  if constexpr (std::is_same_v<CT, BF16>) {  // VNNI: interleave row pairs, then round to bf16
+    for (int64_t r = 0; r < rows; r += 2)
+      for (int64_t c = 0; c < cols; c += Vec::size()) {
+        auto [x, y] = at::vec::interleave2(Vec::loadu(src + r * cols + c), Vec::loadu(src + (r + 1) * cols + c));
+        at::vec::convert_from_float<BF16>(x, y).store(dst + (r / 2) * cols * 2 + 2 * c);
       }
-    }
+  } else {
+    std::copy(src, src + rows * cols, dst);
+  }
 }
 
 // fp32 row -> CT row (n a multiple of kStep).
@@ -140,32 +146,32 @@ inline void store_row(const float* src, int64_t n, CT* dst) {
 
 // Keys query i of a document sees: [lo(i), hi(i)], aligned bottom-right (query i sits at key i + sk - sq).
 struct Window {
-  int64_t sq, sk, left, right;
+  int64_t sq, sk, left, right, bq, bk;  // bq x bk: the block shape
   int64_t lo(int64_t i) const { return left < 0 ? 0 : std::max<int64_t>(0, i + sk - sq - left); }
   int64_t hi(int64_t i) const { return right < 0 ? sk - 1 : std::min<int64_t>(sk - 1, i + sk - sq + right); }
   bool visible(int64_t i, int64_t j) const { return i < sq && j < sk && j >= lo(i) && j <= hi(i); }
 
   enum Kind { kSkip, kFull, kPartial };
-  // Rows [i0, i0 + kBQ) x keys [j0, j0 + kBK), padding included.
+  // Rows [i0, i0 + bq) x keys [j0, j0 + bk), padding included.
   Kind classify(int64_t i0, int64_t j0) const {
-    const int64_t ie = std::min(i0 + kBQ, sq) - 1, je = std::min(j0 + kBK, sk) - 1;
+    const int64_t ie = std::min(i0 + bq, sq) - 1, je = std::min(j0 + bk, sk) - 1;
     if (ie < i0 || je < j0 || j0 > hi(ie) || je < lo(i0)) return kSkip;
-    const bool full = i0 + kBQ <= sq && j0 + kBK <= sk && lo(ie) <= j0 && hi(i0) >= je;
+    const bool full = i0 + bq <= sq && j0 + bk <= sk && lo(ie) <= j0 && hi(i0) >= je;
     return full ? kFull : kPartial;
   }
   // Key blocks a query block may see, [first, last).
   std::pair<int64_t, int64_t> key_blocks(int64_t i0) const {
-    const int64_t ie = std::min(i0 + kBQ, sq) - 1;
+    const int64_t ie = std::min(i0 + bq, sq) - 1;
     if (ie < i0 || sk == 0 || hi(ie) < lo(i0)) return {0, 0};
-    return {lo(i0) / kBK, hi(ie) / kBK + 1};
+    return {lo(i0) / bk, hi(ie) / bk + 1};
   }
   // Query blocks that may see a key block, [first, last).
   std::pair<int64_t, int64_t> query_blocks(int64_t j0) const {
-    const int64_t je = std::min(j0 + kBK, sk) - 1;
+    const int64_t je = std::min(j0 + bk, sk) - 1;
     const int64_t imin = right < 0 ? 0 : std::max<int64_t>(0, j0 - (sk - sq) - right);
     const int64_t imax = left < 0 ? sq - 1 : std::min<int64_t>(sq - 1, je - (sk - sq) + left);
     if (imax < imin || je < j0) return {0, 0};
-    return {imin / kBQ, imax / kBQ + 1};
+    return {imin / bq, imax / bq + 1};
   }
 };
 
@@ -179,7 +185,7 @@ struct Problem {
   bool covers_all = true;  // documents tile [0, total_q) and [0, total_k): no output row is left unwritten
 };
 
-Problem make_problem(const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t total_q, int64_t total_k) {
+Problem make_problem(const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t total_q, int64_t total_k, int64_t bk) {
   TORCH_CHECK(cu_q.device().is_cpu() && cu_k.device().is_cpu(), "cu_seqlens must be CPU tensors");
   CHECK_DTYPE(cu_q, at::kInt);
   CHECK_DTYPE(cu_k, at::kInt);
@@ -197,7 +203,7 @@ Problem make_problem(const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t tot
     TORCH_CHECK(b[i] >= 0 && b[i] <= b[i + 1] && b[i + 1] <= total_k, "cu_seqlens_k must be non-decreasing within [0, ",
                 total_k, "], got ", cu_k);
     Doc d{a[i], a[i + 1] - a[i], b[i], b[i + 1] - b[i], p.total_kb};
-    p.total_kb += (d.sk + kBK - 1) / kBK;
+    p.total_kb += (d.sk + bk - 1) / bk;
     covered_q += d.sq;
     covered_k += d.sk;
     p.docs.push_back(d);
@@ -243,18 +249,18 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const Strided<T> V{v.const_data_ptr<T>(), v.stride(0), v.stride(1)};
   T* O = out.mutable_data_ptr<T>();
   float* L = lse.mutable_data_ptr<float>();
-  const int64_t blk = kBK * d;
+  const int64_t blk = kFwdBK * d;
 
   // K as the B operand of Q @ K^T and V as the B operand of P @ V, per (key block, kv head).
   std::vector<CT> kp(pb.total_kb * hk * blk), vp(pb.total_kb * hk * blk);
   for (const Doc& doc : pb.docs) {
-    const int64_t nkb = (doc.sk + kBK - 1) / kBK;
+    const int64_t nkb = (doc.sk + kFwdBK - 1) / kFwdBK;
     at::parallel_for(0, nkb * hk, 1, [&](int64_t b, int64_t e) {
       for (int64_t x = b; x < e; ++x) {
-        const int64_t kb = x / hk, h = x % hk, j0 = kb * kBK, n = std::min(kBK, doc.sk - j0);
+        const int64_t kb = x / hk, h = x % hk, j0 = kb * kFwdBK, n = std::min(kFwdBK, doc.sk - j0);
         const int64_t at = ((doc.kb0 + kb) * hk + h) * blk;
-        pack_bt(K.row(doc.k0 + j0, h), K.tok, n, kBK, d, kp.data() + at);
-        pack_b(V.row(doc.k0 + j0, h), V.tok, n, kBK, d, vp.data() + at);
+        pack_bt(K.row(doc.k0 + j0, h), K.tok, n, kFwdBK, d, kp.data() + at);
+        pack_b(V.row(doc.k0 + j0, h), V.tok, n, kFwdBK, d, vp.data() + at);
       }
     });
   }
@@ -265,9 +271,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   std::vector<Task> tasks;
   for (int64_t di = 0; di < static_cast<int64_t>(pb.docs.size()); ++di) {
     const Doc& doc = pb.docs[di];
-    const Window w{doc.sq, doc.sk, left, right};
-    for (int64_t qb = 0; qb * kBQ < doc.sq; ++qb) {
-      auto [b0, b1] = w.key_blocks(qb * kBQ);
+    const Window w{doc.sq, doc.sk, left, right, kFwdBQ, kFwdBK};
+    for (int64_t qb = 0; qb * kFwdBQ < doc.sq; ++qb) {
+      auto [b0, b1] = w.key_blocks(qb * kFwdBQ);
       for (int64_t h = 0; h < hq; ++h) tasks.push_back({di, h, qb, b1 - b0});
     }
   }
@@ -278,30 +284,30 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     std::vector<float> s, o, m, l;
   };
   auto setup = [&] {
-    return Buffers{std::vector<CT>(kBQ * d), std::vector<CT>(kBQ * kBK), std::vector<float>(kBQ * kBK),
-                   std::vector<float>(kBQ * d), std::vector<float>(kBQ), std::vector<float>(kBQ)};
+    return Buffers{std::vector<CT>(kFwdBQ * d), std::vector<CT>(kFwdBQ * kFwdBK), std::vector<float>(kFwdBQ * kFwdBK),
+                   std::vector<float>(kFwdBQ * d), std::vector<float>(kFwdBQ), std::vector<float>(kFwdBQ)};
   };
   const Vec vscale(scale), vcap(softcap), vinv_cap(softcap > 0 ? 1.f / softcap : 0.f);
   run_tasks<CT>(static_cast<int64_t>(tasks.size()), setup, [&](Buffers& B, int64_t ti) {
     const Task& task = tasks[ti];
     const Doc& doc = pb.docs[task.doc];
-    const Window w{doc.sq, doc.sk, left, right};
-    const int64_t i0 = task.qb * kBQ, rows = std::min(kBQ, doc.sq - i0), h = task.head, hkv = h / group;
-    pack_rows(Q.row(doc.q0 + i0, h), Q.tok, rows, kBQ, d, B.qa.data());
+    const Window w{doc.sq, doc.sk, left, right, kFwdBQ, kFwdBK};
+    const int64_t i0 = task.qb * kFwdBQ, rows = std::min(kFwdBQ, doc.sq - i0), h = task.head, hkv = h / group;
+    pack_rows(Q.row(doc.q0 + i0, h), Q.tok, rows, kFwdBQ, d, B.qa.data());
     std::fill(B.o.begin(), B.o.end(), 0.f);
     std::fill(B.m.begin(), B.m.end(), -kInf);
     std::fill(B.l.begin(), B.l.end(), 0.f);
     auto [kb_begin, kb_end] = w.key_blocks(i0);
     for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
-      const int64_t j0 = kb * kBK;
+      const int64_t j0 = kb * kFwdBK;
       const auto kind = w.classify(i0, j0);
       if (kind == Window::kSkip) continue;
       const int64_t at = ((doc.kb0 + kb) * hk + hkv) * blk;
-      gemm<CT>(kBQ, kBK, d, d, kBK, kBK, false, B.qa.data(), kp.data() + at, B.s.data());
-      for (int64_t r = 0; r < kBQ; ++r) {
-        float* s = B.s.data() + r * kBK;
+      gemm<CT>(kFwdBQ, kFwdBK, d, d, kFwdBK, kFwdBK, false, B.qa.data(), kp.data() + at, B.s.data());
+      for (int64_t r = 0; r < kFwdBQ; ++r) {
+        float* s = B.s.data() + r * kFwdBK;
         Vec vmax(-kInf);
-        for (int64_t j = 0; j < kBK; j += Vec::size()) {
+        for (int64_t j = 0; j < kFwdBK; j += Vec::size()) {
           Vec x = Vec::loadu(s + j) * vscale;
           if (softcap > 0) x = vcap * (x * vinv_cap).tanh();
           x.store(s + j);
@@ -310,25 +316,25 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         float mx = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
         if (kind == Window::kPartial) {
           mx = -kInf;
-          for (int64_t j = 0; j < kBK; ++j) {
+          for (int64_t j = 0; j < kFwdBK; ++j) {
             if (!w.visible(i0 + r, j0 + j)) s[j] = -kInf;
             mx = std::max(mx, s[j]);
           }
         }
         const float m_new = std::max(B.m[r], mx);
-        CT* p = B.p.data() + r * kBK;
+        CT* p = B.p.data() + r * kFwdBK;
         if (m_new == -kInf) {  // nothing visible to this row yet
-          std::fill(p, p + kBK, CT(0.f));
+          std::fill(p, p + kFwdBK, CT(0.f));
           continue;
         }
         const Vec vm(m_new);
         Vec vsum(0.f);
-        for (int64_t j = 0; j < kBK; j += Vec::size()) {
+        for (int64_t j = 0; j < kFwdBK; j += Vec::size()) {
           Vec e = (Vec::loadu(s + j) - vm).exp_u20();
           vsum = vsum + e;
           e.store(s + j);
         }
-        store_row(s, kBK, p);
+        store_row(s, kFwdBK, p);
         const float alpha = std::exp(B.m[r] - m_new);  // 0 when the row saw nothing before
         B.l[r] = B.l[r] * alpha + at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
         B.m[r] = m_new;
@@ -338,7 +344,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           for (int64_t c = 0; c < d; c += Vec::size()) (Vec::loadu(o + c) * va).store(o + c);
         }
       }
-      gemm<CT>(kBQ, d, kBK, kBK, d, d, true, B.p.data(), vp.data() + at, B.o.data());
+      gemm<CT>(kFwdBQ, d, kFwdBK, kFwdBK, d, d, true, B.p.data(), vp.data() + at, B.o.data());
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float l = B.l[r], inv = l > 0 ? 1.f / l : 0.f;
@@ -366,7 +372,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   T* DQ = dq.mutable_data_ptr<T>();
   T* DK = dk.mutable_data_ptr<T>();
   T* DV = dv.mutable_data_ptr<T>();
-  const int64_t blk = kBK * d;
+  const int64_t blk = kBwdBK * d;
 
   // K as the A operand of K @ Q^T and (transposed) of K^T @ dS^T; V as the A operand of V @ dO^T.
   std::vector<CT> ka(pb.total_kb * hk * blk), kt(pb.total_kb * hk * blk), va(pb.total_kb * hk * blk);
@@ -374,18 +380,18 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   for (const Doc& doc : pb.docs) {
     max_sq = std::max(max_sq, doc.sq);
     max_sk = std::max(max_sk, doc.sk);
-    const int64_t nkb = (doc.sk + kBK - 1) / kBK;
+    const int64_t nkb = (doc.sk + kBwdBK - 1) / kBwdBK;
     at::parallel_for(0, nkb * hk, 1, [&](int64_t b, int64_t e) {
       for (int64_t x = b; x < e; ++x) {
-        const int64_t kb = x / hk, h = x % hk, j0 = kb * kBK, n = std::min(kBK, doc.sk - j0);
+        const int64_t kb = x / hk, h = x % hk, j0 = kb * kBwdBK, n = std::min(kBwdBK, doc.sk - j0);
         const int64_t at = ((doc.kb0 + kb) * hk + h) * blk;
-        pack_rows(K.row(doc.k0 + j0, h), K.tok, n, kBK, d, ka.data() + at);
-        pack_t(K.row(doc.k0 + j0, h), K.tok, n, kBK, d, kt.data() + at);
-        pack_rows(V.row(doc.k0 + j0, h), V.tok, n, kBK, d, va.data() + at);
+        pack_rows(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, ka.data() + at);
+        pack_t(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, kt.data() + at);
+        pack_rows(V.row(doc.k0 + j0, h), V.tok, n, kBwdBK, d, va.data() + at);
       }
     });
   }
-  const int64_t sq_pad = (max_sq + kBQ - 1) / kBQ * kBQ, sk_pad = (max_sk + kBK - 1) / kBK * kBK;
+  const int64_t sq_pad = (max_sq + kBwdBQ - 1) / kBwdBQ * kBwdBQ, sk_pad = (max_sk + kBwdBK - 1) / kBwdBK * kBwdBK;
 
   // Slices of each q-head group: the fewest that give every thread a few tasks. Their dK/dV partials (fp32) are
   // summed in slice order at the end.
@@ -404,9 +410,9 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   std::vector<Task> tasks;
   for (int64_t di = 0; di < n_docs; ++di) {
     const Doc& doc = pb.docs[di];
-    const Window w{doc.sq, doc.sk, left, right};
+    const Window w{doc.sq, doc.sk, left, right, kBwdBQ, kBwdBK};
     int64_t cost = 1;
-    for (int64_t j0 = 0; j0 < doc.sk; j0 += kBK) {
+    for (int64_t j0 = 0; j0 < doc.sk; j0 += kBwdBK) {
       auto [b0, b1] = w.query_blocks(j0);
       cost += b1 - b0;
     }
@@ -419,27 +425,27 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     std::vector<CT> qbt, qb, dobt, dob, pt, dst, dsb;
     std::vector<float> lse, delta, dqt, dk, dv, st, dpt;
   };
-  const int64_t nqb_max = sq_pad / kBQ;
+  const int64_t nqb_max = sq_pad / kBwdBQ;
   auto setup = [&] {
     Buffers B;
-    for (auto* b : {&B.qbt, &B.qb, &B.dobt, &B.dob}) b->resize(nqb_max * kBQ * d);
-    for (auto* b : {&B.pt, &B.dst, &B.dsb}) b->resize(kBK * kBQ);
+    for (auto* b : {&B.qbt, &B.qb, &B.dobt, &B.dob}) b->resize(nqb_max * kBwdBQ * d);
+    for (auto* b : {&B.pt, &B.dst, &B.dsb}) b->resize(kBwdBK * kBwdBQ);
     B.lse.resize(sq_pad);
     B.delta.resize(sq_pad);
     B.dqt.resize(d * sq_pad);
     B.dk.resize(sk_pad * d);
     B.dv.resize(sk_pad * d);
-    B.st.resize(kBK * kBQ);
-    B.dpt.resize(kBK * kBQ);
+    B.st.resize(kBwdBK * kBwdBQ);
+    B.dpt.resize(kBwdBK * kBwdBQ);
     return B;
   };
   const Vec vscale(scale), vcap(softcap), vinv_cap(softcap > 0 ? 1.f / softcap : 0.f), vone(1.f);
   run_tasks<CT>(static_cast<int64_t>(tasks.size()), setup, [&](Buffers& B, int64_t ti) {
     const Task& task = tasks[ti];
     const Doc& doc = pb.docs[task.doc];
-    const Window w{doc.sq, doc.sk, left, right};
-    const int64_t nqb = (doc.sq + kBQ - 1) / kBQ, nkb = (doc.sk + kBK - 1) / kBK, hkv = task.head;
-    const int64_t ldq = nqb * kBQ;  // row stride of dQ^T for this document
+    const Window w{doc.sq, doc.sk, left, right, kBwdBQ, kBwdBK};
+    const int64_t nqb = (doc.sq + kBwdBQ - 1) / kBwdBQ, nkb = (doc.sk + kBwdBK - 1) / kBwdBK, hkv = task.head;
+    const int64_t ldq = nqb * kBwdBQ;  // row stride of dQ^T for this document
     std::fill(B.dk.begin(), B.dk.begin() + nkb * blk, 0.f);
     std::fill(B.dv.begin(), B.dv.begin() + nkb * blk, 0.f);
     for (int64_t g = task.slice * per_slice; g < (task.slice + 1) * per_slice; ++g) {
@@ -447,11 +453,11 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       // This head's Q and dO as GEMM operands, lse (+inf where no key is visible: exp(s - lse) = 0) and
       // delta = rowsum(dO * O) per query.
       for (int64_t qb = 0; qb < nqb; ++qb) {
-        const int64_t i0 = qb * kBQ, n = std::min(kBQ, doc.sq - i0), at = qb * kBQ * d;
-        pack_bt(Q.row(doc.q0 + i0, h), Q.tok, n, kBQ, d, B.qbt.data() + at);
-        pack_b(Q.row(doc.q0 + i0, h), Q.tok, n, kBQ, d, B.qb.data() + at);
-        pack_bt(DO.row(doc.q0 + i0, h), DO.tok, n, kBQ, d, B.dobt.data() + at);
-        pack_b(DO.row(doc.q0 + i0, h), DO.tok, n, kBQ, d, B.dob.data() + at);
+        const int64_t i0 = qb * kBwdBQ, n = std::min(kBwdBQ, doc.sq - i0), at = qb * kBwdBQ * d;
+        pack_bt(Q.row(doc.q0 + i0, h), Q.tok, n, kBwdBQ, d, B.qbt.data() + at);
+        pack_b(Q.row(doc.q0 + i0, h), Q.tok, n, kBwdBQ, d, B.qb.data() + at);
+        pack_bt(DO.row(doc.q0 + i0, h), DO.tok, n, kBwdBQ, d, B.dobt.data() + at);
+        pack_b(DO.row(doc.q0 + i0, h), DO.tok, n, kBwdBQ, d, B.dob.data() + at);
       }
       for (int64_t i = 0; i < ldq; ++i) {
         if (i >= doc.sq) {
@@ -469,20 +475,20 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       }
       std::fill(B.dqt.begin(), B.dqt.begin() + d * ldq, 0.f);
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int64_t j0 = kb * kBK, at = ((doc.kb0 + kb) * hk + hkv) * blk;
+        const int64_t j0 = kb * kBwdBK, at = ((doc.kb0 + kb) * hk + hkv) * blk;
         auto [qb_begin, qb_end] = w.query_blocks(j0);
         for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
-          const int64_t i0 = qb * kBQ;
+          const int64_t i0 = qb * kBwdBQ;
           const auto kind = w.classify(i0, j0);
           if (kind == Window::kSkip) continue;
-          const int64_t qat = qb * kBQ * d;
-          // S^T = K Q^T and dP^T = V dO^T, [kBK, kBQ]: queries along the rows, so lse and delta are vectors.
-          gemm<CT>(kBK, kBQ, d, d, kBQ, kBQ, false, ka.data() + at, B.qbt.data() + qat, B.st.data());
-          gemm<CT>(kBK, kBQ, d, d, kBQ, kBQ, false, va.data() + at, B.dobt.data() + qat, B.dpt.data());
-          for (int64_t r = 0; r < kBK; ++r) {
-            float* s = B.st.data() + r * kBQ;
-            float* dp = B.dpt.data() + r * kBQ;
-            for (int64_t c = 0; c < kBQ; c += Vec::size()) {
+          const int64_t qat = qb * kBwdBQ * d;
+          // S^T = K Q^T and dP^T = V dO^T, [kBwdBK, kBwdBQ]: queries along the rows, so lse and delta are vectors.
+          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, ka.data() + at, B.qbt.data() + qat, B.st.data());
+          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, va.data() + at, B.dobt.data() + qat, B.dpt.data());
+          for (int64_t r = 0; r < kBwdBK; ++r) {
+            float* s = B.st.data() + r * kBwdBQ;
+            float* dp = B.dpt.data() + r * kBwdBQ;
+            for (int64_t c = 0; c < kBwdBQ; c += Vec::size()) {
               Vec x = Vec::loadu(s + c) * vscale, t(0.f);
               if (softcap > 0) {
                 t = (x * vinv_cap).tanh();
@@ -495,18 +501,18 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
               ds.store(dp + c);
             }
             if (kind == Window::kPartial) {
-              for (int64_t c = 0; c < kBQ; ++c) {
+              for (int64_t c = 0; c < kBwdBQ; ++c) {
                 if (!w.visible(i0 + c, j0 + r)) s[c] = dp[c] = 0.f;
               }
             }
-            store_row(s, kBQ, B.pt.data() + r * kBQ);
-            store_row(dp, kBQ, B.dst.data() + r * kBQ);
+            store_row(s, kBwdBQ, B.pt.data() + r * kBwdBQ);
+            store_row(dp, kBwdBQ, B.dst.data() + r * kBwdBQ);
           }
           // dV += P^T dO, dK += dS^T Q (scaled at the end), dQ^T += K^T dS^T.
-          gemm<CT>(kBK, d, kBQ, kBQ, d, d, true, B.pt.data(), B.dob.data() + qat, B.dv.data() + kb * blk);
-          gemm<CT>(kBK, d, kBQ, kBQ, d, d, true, B.dst.data(), B.qb.data() + qat, B.dk.data() + kb * blk);
-          to_b<CT>(B.dpt.data(), kBK, kBQ, B.dsb.data());
-          gemm<CT>(d, kBQ, kBK, kBK, kBQ, ldq, true, kt.data() + at, B.dsb.data(), B.dqt.data() + i0);
+          gemm<CT>(kBwdBK, d, kBwdBQ, kBwdBQ, d, d, true, B.pt.data(), B.dob.data() + qat, B.dv.data() + kb * blk);
+          gemm<CT>(kBwdBK, d, kBwdBQ, kBwdBQ, d, d, true, B.dst.data(), B.qb.data() + qat, B.dk.data() + kb * blk);
+          to_b<CT>(B.dpt.data(), kBwdBK, kBwdBQ, B.dsb.data());
+          gemm<CT>(d, kBwdBQ, kBwdBK, kBwdBK, kBwdBQ, ldq, true, kt.data() + at, B.dsb.data(), B.dqt.data() + i0);
         }
       }
       for (int64_t i = 0; i < doc.sq; ++i) {
@@ -576,7 +582,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& q, const at::Te
                                                int64_t, int64_t, double softmax_scale, int64_t window_left,
                                                int64_t window_right, double softcap) {
   check_qkv(q, k, v);
-  const Problem pb = make_problem(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0));
+  const Problem pb = make_problem(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0), kFwdBK);
   at::Tensor out = pb.covers_all ? at::empty(q.sizes(), q.options()) : at::zeros(q.sizes(), q.options());
   at::Tensor lse = at::full({q.size(1), q.size(0)}, -std::numeric_limits<float>::infinity(),
                             q.options().dtype(at::kFloat));
@@ -604,7 +610,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& do
   CHECK_DTYPE(lse, at::kFloat);
   CHECK_CONTIGUOUS(lse);
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == q.size(1) && lse.size(1) == q.size(0), "lse must be [hq, total_q]");
-  const Problem pb = make_problem(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0));
+  const Problem pb = make_problem(cu_seqlens_q, cu_seqlens_k, q.size(0), k.size(0), kBwdBK);
   auto alloc = [&](const at::Tensor& t) { return pb.covers_all ? at::empty(t.sizes(), t.options()) : at::zeros(t.sizes(), t.options()); };
   at::Tensor dq = alloc(q), dk = alloc(k), dv = alloc(v);
   dispatch(q.scalar_type(), [&]<typename T, typename CT>() {

@@ -178,13 +178,15 @@ def _backward_packed(kernel):
 
 
 def _reference_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
-    return ref.attention(q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
-                         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    out, lse = ref.attention(q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
+                             cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    return out.contiguous(), lse.contiguous()  # the fake impl promises contiguous outputs
 
 
 def _reference_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
-    return ref.attention_backward(dout, q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
-                                  cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    grads = ref.attention_backward(dout, q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
+                                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    return tuple(g.contiguous() for g in grads)
 
 
 def _lse_dtype(q):

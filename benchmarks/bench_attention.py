@@ -1,0 +1,169 @@
+"""Attention benchmark: eurokernels backend vs torch.nn.functional.scaled_dot_product_attention vs the reference in
+eager mode vs torch.compile(reference).
+
+Shapes: bf16, causal, 32 query / 8 key-value heads, head_dim 128 (Llama-3-8B / EuroLLM-9B class); batch 1 with
+seqlen 2048 / 4096 / 8192, and one packed batch of uneven documents (8192 tokens). SDPA has no packed form: it runs
+once per document (the comparable feature). The reference materializes [heads, seqlen, seqlen] fp32 scores, so it
+runs only where that fits comfortably in memory (seqlen <= 2048).
+
+TFLOP/s count only unmasked work: forward = 4 * head_dim * heads_q * P, where P is the number of visible
+(query, key) pairs (s (s + 1) / 2 per causal document of s tokens: two matmuls of 2 * head_dim flops per pair);
+forward + backward = 3.5 x that (the backward's five matmuls are 2.5 x the forward's two).
+Peak memory: on CPU, the rise of the process's resident-set high-water mark during one call (Linux: reset through
+/proc/self/clear_refs), which counts every allocation (PyTorch's, oneDNN's and the kernels' own buffers).
+
+Run: `python -m benchmarks.run --ops attention`, `python -m benchmarks.bench_attention` (adds CPU peak memory), or
+`pytest benchmarks/bench_attention.py`.
+"""
+import functools
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eurokernels as ek
+from eurokernels import reference
+
+from .harness import Case, pytest_benchmark_case
+
+HEADS_Q, HEADS_K, HEAD_DIM = 32, 8, 128
+SEQLENS = [2048, 4096, 8192]
+QUICK_SEQLENS = [2048]
+PACKED_DOCS = [3000, 1500, 811, 2048, 500, 300, 32, 1]  # 8192 tokens: uneven documents, incl. tiny ones
+MAX_REFERENCE_SEQLEN = 2048
+
+
+def our_backends(device):
+    return ["triton"] if torch.device(device).type == "cuda" else ["cpu"]
+
+
+def visible_pairs(doc_lengths):
+    return sum(s * (s + 1) // 2 for s in doc_lengths)
+
+
+@functools.cache
+def _compiled_reference():
+    return torch.compile(lambda q, k, v: reference.attention(q, k, v, causal=True)[0], dynamic=False)
+
+
+def _sdpa(q, k, v):
+    """[b, s, h, d] in and out; SDPA takes [b, h, s, d] (views, no copies)."""
+    t = lambda x: x.transpose(1, 2)
+    return t(F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True, enable_gqa=True))
+
+
+def _sdpa_per_document(q, k, v, bounds):
+    return torch.cat([_sdpa(q[None, a:b], k[None, a:b], v[None, a:b])[0] for a, b in bounds])
+
+
+def cases(device, quick=False):
+    out = []
+    shapes = [(1, s, None) for s in (QUICK_SEQLENS if quick else SEQLENS)]
+    if not quick:
+        shapes.append((None, sum(PACKED_DOCS), PACKED_DOCS))
+    for batch, total, docs in shapes:
+        packed = docs is not None
+        lead = (total,) if packed else (batch, total)
+        q = torch.randn(*lead, HEADS_Q, HEAD_DIM, dtype=torch.bfloat16, device=device)
+        k = torch.randn(*lead, HEADS_K, HEAD_DIM, dtype=torch.bfloat16, device=device)
+        v = torch.randn_like(k)
+        dout = torch.randn_like(q)
+        lengths = docs if packed else [total] * batch
+        flops = 4 * HEAD_DIM * HEADS_Q * visible_pairs(lengths)
+        label = (f"packed {len(docs)} docs {total} tok" if packed else f"b{batch} s{total}") + \
+            f" {HEADS_Q}/{HEADS_K}h d{HEAD_DIM} bf16"
+        extra = {}
+        if packed:
+            cu = torch.tensor([0] + torch.tensor(docs).cumsum(0).tolist(), dtype=torch.int32, device=device)
+            extra = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(docs), max_seqlen_k=max(docs))
+            bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+            sdpa = functools.partial(_sdpa_per_document, bounds=bounds)
+        else:
+            sdpa = _sdpa
+
+        fns = {f"eurokernels[{b}]": functools.partial(ek.attention, causal=True, backend=b, **extra)
+               for b in our_backends(device)}
+        fns["sdpa"] = sdpa
+        if not packed and total <= MAX_REFERENCE_SEQLEN:
+            fns["eager"] = lambda q, k, v: reference.attention(q, k, v, causal=True)[0]
+            fns["compile"] = _compiled_reference()
+        meta = dict(seqlen=total, docs=len(lengths))
+        out.append(Case("attention", label, "fwd", {n: functools.partial(f, q, k, v) for n, f in fns.items()},
+                        flops=flops, meta=meta))
+
+        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+        def fwd_bwd(f):
+            return lambda: torch.autograd.grad(f(qg, kg, vg), (qg, kg, vg), dout)
+
+        out.append(Case("attention", label, "fwd+bwd", {n: fwd_bwd(f) for n, f in fns.items()},
+                        flops=int(3.5 * flops), meta=meta))
+    return out
+
+
+@functools.cache
+def _glibc():
+    """glibc with large blocks forced to mmap (M_MMAP_THRESHOLD = 64 KiB, fixed): a freed buffer then leaves the
+    resident set instead of being kept for reuse, so every call's allocations show in the high-water mark."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)
+    return libc
+
+
+def peak_rss_mb(fn):
+    """Rise of the resident-set high-water mark during one fn() call (Linux, glibc), in MB; None elsewhere."""
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key))
+    try:
+        libc = _glibc()
+        gc.collect()
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = status("VmRSS:")
+        fn()
+        return (status("VmHWM:") - base) / 1024
+    except (OSError, StopIteration, AttributeError):
+        return None
+
+
+def main():
+    """Like `python -m benchmarks.run --ops attention`, plus the CPU peak memory of each provider."""
+    import sys
+    from .harness import format_table, run_case
+
+    quick = "--quick" in sys.argv
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for case in cases(device, quick=quick):
+        case_rows = run_case(case, device, progress=lambda s: print(s, file=sys.stderr, flush=True))
+        if device == "cpu":
+            for r in case_rows:
+                r["peak_mb"] = peak_rss_mb(case.providers[r["provider"]])
+        rows += case_rows
+    print(format_table(rows))
+
+
+# --- pytest-benchmark: `pytest benchmarks/bench_attention.py` (quick shapes; the CLI covers all) ---------------
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def _cases():
+    return cases(DEVICE, quick=True)
+
+
+def _ids():
+    return [(i, p) for i, c in enumerate(_cases()) for p in c.providers]
+
+
+@pytest.mark.parametrize("index,provider", _ids(), ids=[f"{_cases()[i].mode}-{p}" for i, p in _ids()])
+def test_attention(benchmark, index, provider):
+    pytest_benchmark_case(benchmark, _cases()[index], provider, DEVICE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""Attention Triton kernels and launchers: FlashAttention-2 forward and backward (math: eurokernels/reference.py).
+
+Layout (packed): q [total_q, hq, d], k/v [total_k, hk, d] with a unit stride along d; int32 cu_seqlens_q/k
+[n_docs + 1]; lse and delta [hq, total_q] fp32. Program ids: axis 0 = document x head (can exceed 65535), axis 1 =
+block of queries (forward, dq) or keys (dk/dv).
+
+- Scores are kept in log2 units: the softmax scale is multiplied by log2(e) once, so the kernels use exp2.
+- Masks: query i of a document sits at key position i + sk - sq (bottom-right alignment) and sees keys
+  [pos - left, pos + right]; the launcher turns "unbounded" (-1) into a large window so the kernels never branch
+  on it. Key (or query) blocks outside a block's visible band are never loaded; in the forward only the blocks that
+  cross the band's edge evaluate the mask.
+- Backward without atomics: a dk/dv program owns one key block of one kv head and loops over every query head of
+  its group; a dq program owns one query block. Deterministic by construction.
+- A row that sees no key keeps m = -inf and l = 0: output 0, lse = -inf; the backward reads that lse as +inf so
+  exp2(s - lse) = 0.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import next_pow2
+from ._common import cast_to
+from .._backend import triton_interpreter_enabled
+
+LOG2E = 1.4426950408889634
+UNBOUNDED = 1 << 30  # a window side of -1 (unbounded) becomes this many tokens
+
+
+@triton.jit
+def _tanh(x):
+    """tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits for large |x|, portable (no libdevice), fp32."""
+    return 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+
+
+@triton.jit
+def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """Raw q.k -> (scores in log2 units, tanh for the softcap derivative). With a softcap, qk_scale is
+    scale / softcap, else scale * log2(e)."""
+    if HAS_SOFTCAP:
+        t = _tanh(qk * qk_scale)
+        return t * (softcap * 1.4426950408889634), t
+    else:
+        return qk * qk_scale, qk
+
+
+@triton.jit
+def _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, start, end, offs_m, offs_d, d_mask,
+                sk, shift, window_left, window_right, qk_scale, softcap,
+                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """Online-softmax update of one query block over the key blocks [start, end)."""
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kt = tl.load(K_DOC + offs_n[None, :] * stride_k_tok + offs_d[:, None],
+                     mask=d_mask[:, None] & (offs_n[None, :] < sk), other=0.0)
+        s, _ = _scores(tl.dot(q, kt, input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
+        if MASKED:
+            pos = offs_m[:, None] + shift
+            visible = (offs_n[None, :] < sk) & (offs_n[None, :] >= pos - window_left) & \
+                      (offs_n[None, :] <= pos + window_right)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: p = exp2(-inf) = 0
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V_DOC + offs_n[:, None] * stride_v_tok + offs_d[None, :],
+                    mask=(offs_n[:, None] < sk) & d_mask[None, :], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attention_fwd_kernel(
+    Q, stride_q_tok, stride_q_head,  # [total_q, hq, d]
+    K, stride_k_tok, stride_k_head,  # [total_k, hk, d]
+    V, stride_v_tok, stride_v_head,  # [total_k, hk, d]
+    O,                               # output [total_q, hq, d], contiguous
+    LSE,                             # output [hq, total_q] fp32 (natural log)
+    CU_Q, CU_K,                      # int32 [n_docs + 1]
+    total_q, n_heads_q, group, head_dim, qk_scale, softcap, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    doc = pid // n_heads_q
+    head = pid % n_heads_q
+    # int64 document offsets (total tokens x strides can pass 2^31); offsets inside a document stay int32.
+    q_start = tl.load(CU_Q + doc).to(tl.int64)
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
+    k_start = tl.load(CU_K + doc).to(tl.int64)
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    i0 = tl.program_id(1) * BLOCK_M
+    if i0 >= sq:
+        return
+    shift = sk - sq
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < head_dim
+    m_mask = offs_m < sq
+    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
+    V_DOC = V + k_start * stride_v_tok + (head // group) * stride_v_head
+
+    # Keys this block sees: [lo, hi); every key of [full_lo, full_hi) is seen by every row of the block.
+    i_last = tl.minimum(i0 + BLOCK_M, sq) - 1
+    lo = tl.maximum(i0 + shift - window_left, 0)
+    hi = tl.minimum(i_last + shift + window_right + 1, sk)
+    lo_blk = lo // BLOCK_N * BLOCK_N
+    hi_blk = tl.where(hi > lo, tl.cdiv(hi, BLOCK_N) * BLOCK_N, lo_blk)
+    full_lo = tl.maximum(i_last + shift - window_left, 0)
+    full_hi = tl.minimum(i0 + shift + window_right + 1, sk)
+    fs = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N) * BLOCK_N, lo_blk), hi_blk)
+    fe = tl.minimum(tl.maximum(full_hi // BLOCK_N * BLOCK_N, fs), hi_blk)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, lo_blk, fs, offs_m,
+                                offs_d, d_mask, sk, shift, window_left, window_right, qk_scale, softcap,
+                                BLOCK_N, True, HAS_SOFTCAP, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, fs, fe, offs_m,
+                                offs_d, d_mask, sk, shift, window_left, window_right, qk_scale, softcap,
+                                BLOCK_N, False, HAS_SOFTCAP, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, fe, hi_blk, offs_m,
+                                offs_d, d_mask, sk, shift, window_left, window_right, qk_scale, softcap,
+                                BLOCK_N, True, HAS_SOFTCAP, DOT_PRECISION)
+
+    seen = l_i > 0.0
+    out = acc * tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)[:, None]
+    stride_o_tok = n_heads_q * head_dim
+    tl.store(O + q_start * stride_o_tok + head * head_dim + offs_m[:, None] * stride_o_tok + offs_d[None, :],
+             cast_to(out, O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + (head * total_q + q_start) + offs_m, lse, mask=m_mask)
+
+
+@triton.jit
+def attention_bwd_preprocess_kernel(
+    O, stride_o_tok, stride_o_head,     # forward output [total_q, hq, d]
+    DO, stride_do_tok, stride_do_head,  # its gradient [total_q, hq, d]
+    DELTA,                              # output [hq, total_q] fp32: rowsum(dO * O)
+    total_q, head_dim,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    head = tl.program_id(0)
+    offs_m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < total_q) & (offs_d[None, :] < head_dim)
+    o = tl.load(O + offs_m[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_do_tok + head * stride_do_head + offs_d[None, :], mask=mask, other=0.0)
+    tl.store(DELTA + head * total_q + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1),
+             mask=offs_m < total_q)
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, row0, offs_m, m_mask):
+    """lse in log2 units (+inf where no key is visible, so exp2(s - lse) = 0) and delta for query rows."""
+    lse = tl.load(LSE + row0 + offs_m, mask=m_mask, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(DELTA + row0 + offs_m, mask=m_mask, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(
+    Q, stride_q_tok, stride_q_head,     # [total_q, hq, d]
+    K, stride_k_tok, stride_k_head,     # [total_k, hk, d]
+    V, stride_v_tok, stride_v_head,     # [total_k, hk, d]
+    DO, stride_do_tok, stride_do_head,  # [total_q, hq, d]
+    LSE, DELTA,                         # [hq, total_q] fp32
+    DK, DV,                             # outputs [total_k, hk, d], contiguous
+    CU_Q, CU_K,                         # int32 [n_docs + 1]
+    total_q, n_heads_k, group, head_dim, qk_scale, softcap, scale, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # One key block of one kv head: dV = sum P^T dO, dK = scale sum dS^T Q over the query heads of its group.
+    pid = tl.program_id(0)
+    doc = pid // n_heads_k
+    head_k = pid % n_heads_k
+    q_start = tl.load(CU_Q + doc).to(tl.int64)
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
+    k_start = tl.load(CU_K + doc).to(tl.int64)
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    j0 = tl.program_id(1) * BLOCK_N
+    if j0 >= sk:
+        return
+    shift = sk - sq
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < head_dim
+    n_mask = offs_n < sk
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(K + k_start * stride_k_tok + head_k * stride_k_head + offs_n[:, None] * stride_k_tok + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + k_start * stride_v_tok + head_k * stride_v_head + offs_n[:, None] * stride_v_tok + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    DTYPE = k.dtype
+    # Queries that see this block: [lo, hi).
+    j_last = tl.minimum(j0 + BLOCK_N, sk) - 1
+    lo = tl.maximum(j0 - shift - window_right, 0)
+    hi = tl.minimum(j_last - shift + window_left + 1, sq)
+    lo_blk = lo // BLOCK_M * BLOCK_M
+    hi_blk = tl.where(hi > lo, hi, lo_blk)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(0, group):
+        head = head_k * group + g
+        Q_DOC = Q + q_start * stride_q_tok + head * stride_q_head
+        DO_DOC = DO + q_start * stride_do_tok + head * stride_do_head
+        for start_m in range(lo_blk, hi_blk, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < sq
+            q_mask = m_mask[:, None] & d_mask[None, :]
+            q = tl.load(Q_DOC + offs_m[:, None] * stride_q_tok + offs_d[None, :], mask=q_mask, other=0.0)
+            do = tl.load(DO_DOC + offs_m[:, None] * stride_do_tok + offs_d[None, :], mask=q_mask, other=0.0)
+            lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, m_mask)
+            st, t = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
+            pos = offs_m[None, :] + shift
+            visible = m_mask[None, :] & n_mask[:, None] & (offs_n[:, None] >= pos - window_left) & \
+                      (offs_n[:, None] <= pos + window_right)
+            pt = tl.where(visible, tl.exp2(st - lse[None, :]), 0.0)
+            dv = tl.dot(pt.to(DTYPE), do, dv, input_precision=DOT_PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            dst = pt * (dpt - delta[None, :])
+            if HAS_SOFTCAP:
+                dst = dst * (1.0 - t * t)
+            dk = tl.dot(dst.to(DTYPE), q, dk, input_precision=DOT_PRECISION)
+    base = k_start * (n_heads_k * head_dim) + head_k * head_dim
+    out = offs_n[:, None] * (n_heads_k * head_dim) + offs_d[None, :]
+    tl.store(DK + base + out, cast_to(dk * scale, DTYPE), mask=kv_mask)
+    tl.store(DV + base + out, cast_to(dv, DTYPE), mask=kv_mask)
+
+
+@triton.jit
+def attention_bwd_dq_kernel(
+    Q, stride_q_tok, stride_q_head,     # [total_q, hq, d]
+    K, stride_k_tok, stride_k_head,     # [total_k, hk, d]
+    V, stride_v_tok, stride_v_head,     # [total_k, hk, d]
+    DO, stride_do_tok, stride_do_head,  # [total_q, hq, d]
+    LSE, DELTA,                         # [hq, total_q] fp32
+    DQ,                                 # output [total_q, hq, d], contiguous
+    CU_Q, CU_K,                         # int32 [n_docs + 1]
+    total_q, n_heads_q, group, head_dim, qk_scale, softcap, scale, window_left, window_right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # One query block of one head: dQ = scale sum dS K over the key blocks it sees.
+    pid = tl.program_id(0)
+    doc = pid // n_heads_q
+    head = pid % n_heads_q
+    q_start = tl.load(CU_Q + doc).to(tl.int64)
+    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
+    k_start = tl.load(CU_K + doc).to(tl.int64)
+    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    i0 = tl.program_id(1) * BLOCK_M
+    if i0 >= sq:
+        return
+    shift = sk - sq
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < head_dim
+    m_mask = offs_m < sq
+    q_mask = m_mask[:, None] & d_mask[None, :]
+    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
+                mask=q_mask, other=0.0)
+    do = tl.load(DO + q_start * stride_do_tok + head * stride_do_head + offs_m[:, None] * stride_do_tok
+                 + offs_d[None, :], mask=q_mask, other=0.0)
+    DTYPE = q.dtype
+    lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, m_mask)
+    K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
+    V_DOC = V + k_start * stride_v_tok + (head // group) * stride_v_head
+    i_last = tl.minimum(i0 + BLOCK_M, sq) - 1
+    lo = tl.maximum(i0 + shift - window_left, 0)
+    hi = tl.minimum(i_last + shift + window_right + 1, sk)
+    lo_blk = lo // BLOCK_N * BLOCK_N
+    hi_blk = tl.where(hi > lo, hi, lo_blk)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(lo_blk, hi_blk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = d_mask[:, None] & (offs_n[None, :] < sk)
+        kt = tl.load(K_DOC + offs_n[None, :] * stride_k_tok + offs_d[:, None], mask=kv_mask, other=0.0)
+        vt = tl.load(V_DOC + offs_n[None, :] * stride_v_tok + offs_d[:, None], mask=kv_mask, other=0.0)
+        s, t = _scores(tl.dot(q, kt, input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
+        pos = offs_m[:, None] + shift
+        visible = (offs_n[None, :] < sk) & (offs_n[None, :] >= pos - window_left) & \
+                  (offs_n[None, :] <= pos + window_right)
+        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(DTYPE), tl.trans(kt), dq, input_precision=DOT_PRECISION)
+    tl.store(DQ + q_start * (n_heads_q * head_dim) + head * head_dim + offs_m[:, None] * (n_heads_q * head_dim)
+             + offs_d[None, :],
+             cast_to(dq * scale, DTYPE), mask=q_mask)
+
+
+# ---- launch configurations ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttnConfig:
+    block_m: int  # queries per block
+    block_n: int  # keys per block
+    num_warps: int
+
+
+# Per kernel and padded head dim (BLOCK_D). Sized so that the fp32 accumulators ([block, BLOCK_D]) plus the operand
+# tiles fit the register file without spills on sm_80 / sm_90 / gfx90a / gfx942 (checked by compiling aot_specs()).
+GPU_CONFIGS = {
+    "fwd": {16: AttnConfig(128, 64, 4), 32: AttnConfig(128, 64, 4), 64: AttnConfig(128, 64, 4),
+            128: AttnConfig(128, 32, 8), 256: AttnConfig(64, 32, 4)},
+    "dkdv": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(32, 64, 4),
+             128: AttnConfig(32, 64, 4), 256: AttnConfig(16, 32, 8)},
+    "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(64, 64, 4),
+           128: AttnConfig(64, 32, 8), 256: AttnConfig(32, 32, 4)},
+}
+# fp32 inputs: tiles twice the size in registers and shared memory; half the queries per block from head dim 64.
+GPU_CONFIGS_FP32 = {
+    kernel: {bd: (AttnConfig(max(16, c.block_m // 2), c.block_n, c.num_warps) if bd >= 64 else c)
+             for bd, c in table.items()}
+    for kernel, table in GPU_CONFIGS.items()
+}
+# Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
+INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
+
+
+def preprocess_block_m(bd):
+    """Rows per delta program: 4096 elements of O and dO each (16 fp32 registers per thread at 4 warps)."""
+    return max(16, 4096 // bd)
+
+
+def block_d(head_dim):
+    return max(16, next_pow2(head_dim))  # tl.dot needs K >= 16
+
+
+def config(kernel, head_dim, device, dtype):
+    if device.type == "cpu" and triton_interpreter_enabled():
+        return INTERPRETER_CONFIG
+    return (GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS)[kernel][block_d(head_dim)]
+
+
+def _mask_args(left, right):
+    return (UNBOUNDED if left < 0 else left), (UNBOUNDED if right < 0 else right)
+
+
+def _scale_args(scale, softcap):
+    """(qk_scale, softcap) as the kernels take them: scores in log2 units (see _scores)."""
+    return (scale / softcap, softcap) if softcap > 0 else (scale * LOG2E, 0.0)
+
+
+def _precision(dtype):
+    # fp32 inputs: exact fp32 products, as the reference (NVIDIA would default to tf32); fp16/bf16: the default.
+    return "ieee" if dtype == torch.float32 else None
+
+
+def forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
+    """q [total_q, hq, d], k/v [total_k, hk, d] (unit stride along d), int32 cu_seqlens -> (out, lse [hq, total_q]).
+    Rows outside every document are zero (lse -inf)."""
+    total_q, hq, d = q.shape
+    hk = k.shape[1]
+    n_docs = cu_q.shape[0] - 1
+    out = torch.zeros((total_q, hq, d), dtype=q.dtype, device=q.device)
+    lse = torch.full((hq, total_q), float("-inf"), dtype=torch.float32, device=q.device)
+    cfg = config("fwd", d, q.device, q.dtype)
+    if n_docs <= 0 or max_q <= 0 or total_q == 0:
+        return out, lse
+    wl, wr = _mask_args(left, right)
+    qk_scale, cap = _scale_args(scale, softcap)
+    attention_fwd_kernel[(n_docs * hq, triton.cdiv(max_q, cfg.block_m))](
+        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1), out, lse,
+        cu_q, cu_k, total_q, hq, hq // hk, d, qk_scale, cap, wl, wr,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
+        DOT_PRECISION=_precision(q.dtype), num_warps=cfg.num_warps)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
+    """Gradients (dq, dk, dv) in the packed layout; lse [hq, total_q] from forward()."""
+    total_q, hq, d = q.shape
+    total_k, hk = k.shape[0], k.shape[1]
+    n_docs = cu_q.shape[0] - 1
+    dq = torch.zeros((total_q, hq, d), dtype=q.dtype, device=q.device)
+    dk = torch.zeros((total_k, hk, d), dtype=k.dtype, device=k.device)
+    dv = torch.zeros((total_k, hk, d), dtype=v.dtype, device=v.device)
+    if n_docs <= 0 or total_q == 0 or total_k == 0:
+        return dq, dk, dv
+    delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
+    rows = preprocess_block_m(block_d(d))
+    attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, rows))](
+        out, out.stride(0), out.stride(1), dout, dout.stride(0), dout.stride(1), delta, total_q, d,
+        BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
+    wl, wr = _mask_args(left, right)
+    qk_scale, cap = _scale_args(scale, softcap)
+    common = dict(BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0, DOT_PRECISION=_precision(q.dtype))
+    strides = (q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
+               dout, dout.stride(0), dout.stride(1), lse, delta)
+    if max_k > 0:
+        cfg = config("dkdv", d, q.device, q.dtype)
+        attention_bwd_dkdv_kernel[(n_docs * hk, triton.cdiv(max_k, cfg.block_n))](
+            *strides, dk, dv, cu_q, cu_k, total_q, hk, hq // hk, d, qk_scale, cap, scale, wl, wr,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
+    if max_q > 0:
+        cfg = config("dq", d, q.device, q.dtype)
+        attention_bwd_dq_kernel[(n_docs * hq, triton.cdiv(max_q, cfg.block_m))](
+            *strides, dq, cu_q, cu_k, total_q, hq, hq // hk, d, qk_scale, cap, scale, wl, wr,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
+    return dq, dk, dv
+
+
+def aot_specs():
+    """Every kernel x launch configuration the launchers can pick on a GPU, for the AOT checks (eurokernels/inspect):
+    with a softcap (the heaviest variant), for every padded head dim, in bf16 (fp16 compiles to the same code) and
+    in fp32 (twice the registers and shared memory per tile; exact "ieee" dots), with the alignment the JIT assumes
+    for strides and head dims that are multiples of 8 elements."""
+    specs = []
+    for dtype in ("bf16", "fp32"):
+        for bd in sorted(GPU_CONFIGS["fwd"]):
+            specs += _specs_for(dtype, bd)
+    return specs
+
+
+def _specs_for(dtype, bd):
+    ptr, i32, f32 = f"*{dtype}", "i32", "fp32"
+    suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else "")
+    configs = GPU_CONFIGS_FP32 if dtype == "fp32" else GPU_CONFIGS
+    qkv = dict(Q=ptr, stride_q_tok=i32, stride_q_head=i32, K=ptr, stride_k_tok=i32, stride_k_head=i32,
+               V=ptr, stride_v_tok=i32, stride_v_head=i32)
+    qkv_aligned = ["Q", "stride_q_tok", "stride_q_head", "K", "stride_k_tok", "stride_k_head", "V", "stride_v_tok",
+                   "stride_v_head"]
+    base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION="ieee" if dtype == "fp32" else None)
+    specs = []
+    cfg = configs["fwd"][bd]
+    specs.append(dict(
+        name=f"attention_fwd_{suffix}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
+        signature=dict(qkv, O=ptr, LSE="*fp32", CU_Q="*i32", CU_K="*i32", total_q=i32, n_heads_q=i32,
+                       group=i32, head_dim=i32, qk_scale=f32, softcap=f32, window_left=i32, window_right=i32),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=qkv_aligned + ["O", "LSE", "CU_Q", "CU_K"]))
+    bwd_sig = dict(qkv, DO=ptr, stride_do_tok=i32, stride_do_head=i32, LSE="*fp32", DELTA="*fp32")
+    bwd_aligned = qkv_aligned + ["DO", "stride_do_tok", "stride_do_head", "LSE", "DELTA", "CU_Q", "CU_K"]
+    tail = dict(CU_Q="*i32", CU_K="*i32", total_q=i32)
+    scalars = dict(group=i32, head_dim=i32, qk_scale=f32, softcap=f32, scale=f32, window_left=i32, window_right=i32)
+    cfg = configs["dkdv"][bd]
+    specs.append(dict(
+        name=f"attention_bwd_dkdv_{suffix}", kernel=attention_bwd_dkdv_kernel, num_warps=cfg.num_warps,
+        signature=dict(bwd_sig, DK=ptr, DV=ptr, **tail, n_heads_k=i32, **scalars),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=bwd_aligned + ["DK", "DV"]))
+    cfg = configs["dq"][bd]
+    specs.append(dict(
+        name=f"attention_bwd_dq_{suffix}", kernel=attention_bwd_dq_kernel, num_warps=cfg.num_warps,
+        signature=dict(bwd_sig, DQ=ptr, **tail, n_heads_q=i32, **scalars),
+        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
+        aligned=bwd_aligned + ["DQ"]))
+    specs.append(dict(
+        name=f"attention_bwd_preprocess_{suffix}", kernel=attention_bwd_preprocess_kernel, num_warps=4,
+        signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
+                       stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
+        constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
+        aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA"]))
+    return specs
