@@ -310,8 +310,8 @@ def _causal_lm_forward(self, input_ids=None, attention_mask=None, position_ids=N
     given, the class's forward otherwise; with the eurokernels attention it also reads the packed documents off
     ``position_ids`` once for all layers."""
     state = getattr(self, _STATE)
-    if state.attention:
-        tokens = input_ids if input_ids is not None else inputs_embeds
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if state.attention and tokens is not None:  # (neither: HF's forward raises its own error)
         _find_documents(kwargs, position_ids, attention_mask, past_key_values, tokens.shape[0], tokens.shape[1])
     keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
     if not state.loss or labels is None or not keep_all:
