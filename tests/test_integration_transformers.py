@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_flatten
 transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install eurokernels[hf])")
 
 from eurokernels.integrations import transformers as ek_hf  # noqa: E402
-from tolerances import assert_within_torch_error, max_err  # noqa: E402
+from tolerances import assert_within_torch_error  # noqa: E402
 
 VOCAB, SEQ = 32000, 32
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -30,8 +30,9 @@ attention  ``"eurokernels"`` is registered in transformers' ``AttentionInterface
            sync; otherwise ``position_ids`` restarting inside a row (HF's position_ids-based packing, the way
            ``find_packed_sequence_indices`` reads them: a new document wherever the position does not grow by 1)
            become cu_seqlens for the varlen kernel (read once per forward by the patched ``forward``: two small
-           host syncs, and a graph break under torch.compile only when ``position_ids`` are passed). A 2-D padding mask unpads the
-           valid tokens of each row into one document each (left or right padding; padded query rows give zeros).
+           host syncs, and a graph break under torch.compile, only when ``position_ids`` are passed). A 2-D
+           padding mask unpads the valid tokens of each row into one document each (left or right padding, so
+           that window distances are kept; padded query rows give zeros where HF gives arbitrary values).
            Attention dropout > 0 in training and attention sinks raise NotImplementedError.
 loss       The model's ``forward`` is replaced on the instance: with ``labels`` it runs ``model.model``, shifts the
            labels as HF's ForCausalLMLoss does (``ignore_index``, ``shift_labels``, ``num_items_in_batch``: sum
@@ -57,7 +58,6 @@ from ..ops.linear_cross_entropy import linear_cross_entropy as _linear_cross_ent
 from ..ops.rotary import apply_rotary as _apply_rotary
 
 try:
-    import transformers as _hf
     from transformers import AttentionInterface as _AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface as _AttentionMaskInterface
     from transformers.masking_utils import flash_attention_mask as _padding_mask
@@ -293,7 +293,8 @@ def _unpadded(q, k, v, mask, options):
     idx_q, idx_k = mask_q.reshape(-1).nonzero().reshape(-1), mask_k.reshape(-1).nonzero().reshape(-1)
     len_q, len_k = mask_q.sum(1, dtype=torch.int32), mask_k.sum(1, dtype=torch.int32)
     zero = len_q.new_zeros(1)
-    cu_q, cu_k = torch.cat([zero, len_q.cumsum(0, dtype=torch.int32)]), torch.cat([zero, len_k.cumsum(0, dtype=torch.int32)])
+    cu_q = torch.cat([zero, len_q.cumsum(0, dtype=torch.int32)])
+    cu_k = torch.cat([zero, len_k.cumsum(0, dtype=torch.int32)])
     out = _attention(q.reshape(b * s_q, h_q, d).index_select(0, idx_q),
                      k.reshape(b * s_k, *k.shape[2:]).index_select(0, idx_k),
                      v.reshape(b * s_k, *v.shape[2:]).index_select(0, idx_k),
