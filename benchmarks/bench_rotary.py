@@ -5,7 +5,7 @@ fp32 cos/sin tables. Modes:
   fwd          out of place; floor: reading q and k and writing fresh copies (`q.clone(), k.clone()`): on CPU a
                fresh output pays page faults, which no kernel that allocates its output can avoid
   fwd+bwd      out of place, then the gradients of q and k; floor: the fwd floor twice (q, k, then dq, dk)
-  fwd inplace  rotating q and k in place (inplace=True); floor: reading and rewriting q and k in place
+  inplace      rotating q and k in place (inplace=True); floor: reading and rewriting q and k in place
                (`q.mul_(1.0), k.mul_(1.0)`): the target is within 1.2x of it
 Bytes (for GB/s): q and k read and written once each, plus the cos/sin rows read (per pass).
 Run: `python -m benchmarks.run --ops rotary` or `pytest benchmarks/bench_rotary.py`.
@@ -78,7 +78,7 @@ def cases(device, quick=False):
                    for b in our_backends(device)}
         inplace["eager"] = functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend="reference")
         inplace["floor"] = lambda: (qb.mul_(1.0), kb.mul_(1.0))
-        out.append(Case("rotary", label, "fwd inplace", inplace, bytes=2 * qk_bytes + table_bytes, floor="floor",
+        out.append(Case("rotary", label, "inplace", inplace, bytes=2 * qk_bytes + table_bytes, floor="floor",
                         meta=meta))
     return out
 
