@@ -1,6 +1,8 @@
 """torch.nn modules over the eurokernels ops (drop-in for the Hugging Face / PyTorch layers they replace)."""
 import torch
 
+from .ops.cross_entropy import cross_entropy
+from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.rms_norm import CASTINGS, rms_norm
 from .ops.rotary import apply_rotary, rotary_cos_sin
 
@@ -74,7 +76,6 @@ class CrossEntropyLoss(torch.nn.Module):
         self.z_loss, self.softcap, self.inplace_backward, self.backend = z_loss, softcap, inplace_backward, backend
 
     def forward(self, logits, labels):
-        from .ops.cross_entropy import cross_entropy
         return cross_entropy(logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
                              z_loss=self.z_loss, softcap=self.softcap, reduction=self.reduction,
                              inplace_backward=self.inplace_backward, backend=self.backend)
@@ -109,7 +110,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             torch.nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, hidden, labels):
-        from .ops.linear_cross_entropy import linear_cross_entropy
         return linear_cross_entropy(hidden, self.weight, labels, bias=self.bias, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
                                     reduction=self.reduction, chunk_size=self.chunk_size,

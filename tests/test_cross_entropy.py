@@ -137,6 +137,16 @@ def test_all_ignored(device, backend, reduction):
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_empty(device, backend):
+    x = torch.randn(0, 10, device=device, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long, device=device)
+    loss = ek.cross_entropy(x, labels, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.shape == (0, 10)
+    assert ek.cross_entropy(x, labels, reduction="none", backend=backend).shape == (0,)
+    assert ek.softmax(x, backend=backend).shape == (0, 10)
+
+
 def test_custom_ignore_index_and_int32_labels(device, backend):
     logits, labels = make(5, 64, torch.float32, device, ignore=())
     labels[3] = 7
@@ -278,6 +288,26 @@ def test_compile_fullgraph(device, backend, inplace):
     step(h, labels).backward()
     for got, t in zip(grads, (h, head.weight, head.bias)):
         torch.testing.assert_close(got, t.grad)
+
+
+def test_compile_inductor_cpu():
+    # One end-to-end inductor compile (slow on CPU, so once): the ops stay opaque calls; the in-place backward's
+    # mutation is functionalized and re-inplaced by inductor; the grad_in_forward op compiles too.
+    head = torch.nn.Linear(32, 300)
+    lce = ek.nn.LinearCrossEntropyLoss(32, 300, grad_in_forward=True)
+    h = torch.randn(8, 32, requires_grad=True)
+    labels = torch.randint(0, 300, (8,))
+
+    def step(h):
+        return ek.cross_entropy(head(h), labels, z_loss=1e-3, inplace_backward=True) + lce(h, labels)
+
+    torch.compile(step, fullgraph=True)(h).backward()
+    got = [t.grad.clone() for t in (h, head.weight, lce.weight)]
+    for t in (h, head.weight, lce.weight):
+        t.grad = None
+    step(h).backward()
+    for g, t in zip(got, (h, head.weight, lce.weight)):
+        torch.testing.assert_close(g, t.grad)
 
 
 def test_module_matches_pytorch(device, backend):

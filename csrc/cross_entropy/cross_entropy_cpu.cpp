@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_memory.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_common.h"
@@ -103,6 +104,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
   at::Tensor lse = backward ? *lse_in : at::empty({rows}, logits.options().dtype(at::kFloat));
   if (rows == 0) return {loss, lse};
   TORCH_CHECK(n > 0, "logits must have at least one class");
+  if (grad_out && grad_out->data_ptr() != logits.data_ptr()) {  // a separate (usually fresh) gradient buffer
+    cpu::advise_huge_pages(grad_out->data_ptr(), grad_out->nbytes());
+  }
 
   EK_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "cross_entropy_cpu", [&] {
     const scalar_t* xp = logits.const_data_ptr<scalar_t>();

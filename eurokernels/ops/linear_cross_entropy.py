@@ -109,9 +109,21 @@ def _chunks(chunk_size):
 
 # --- the tiled implementation (cpu / triton / cuda) ----------------------------------------------------------------
 
-def _tile_logits(h, weight, bias, c0, c1):
+class _Scratch:
+    """A reusable buffer for the tiles of one loop, handed out as contiguous [rows, cols] views. On CPU a fresh
+    tile would be page-faulted again every time (a freed large block goes back to the OS), which costs more than
+    the matmul filling it; on GPU the caching allocator would reuse the memory anyway."""
+
+    def __init__(self, numel, dtype, device):
+        self.buf = torch.empty(numel, dtype=dtype, device=device)
+
+    def get(self, rows, cols):
+        return self.buf[: rows * cols].view(rows, cols)
+
+
+def _tile_logits(h, weight, bias, c0, c1, out):
     w = weight[c0:c1]
-    return torch.addmm(bias[c0:c1], h, w.t()) if bias is not None else torch.mm(h, w.t())
+    return torch.addmm(bias[c0:c1], h, w.t(), out=out) if bias is not None else torch.mm(h, w.t(), out=out)
 
 
 def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk, vocab_start=0,
@@ -128,13 +140,14 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
     vocab_total = v if vocab_total is None else vocab_total
     loss = torch.empty(n, dtype=torch.float32, device=hidden2.device)
     lse = torch.empty(n, dtype=torch.float32, device=hidden2.device)
+    tiles = _Scratch(min(n, token_chunk) * min(v, vocab_chunk), hidden2.dtype, hidden2.device)
     for t0 in range(0, n, token_chunk):
         t1 = min(n, t0 + token_chunk)
         h, lab = hidden2[t0:t1], labels1[t0:t1]
         m = None
         for c0 in range(0, v, vocab_chunk):
             c1 = min(v, c0 + vocab_chunk)
-            tile = _tile_logits(h, weight, bias, c0, c1)
+            tile = _tile_logits(h, weight, bias, c0, c1, tiles.get(t1 - t0, c1 - c0))
             l_c, lse_c = kernel(tile, lab, None, None, None, None, ignore_index, label_smoothing, 0.0, softcap,
                                 vocab_start + c0, vocab_total)
             lin_c = l_c - lse_c
@@ -142,7 +155,6 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
                 m, lin = lse_c, lin_c
             else:
                 m, lin = torch.logaddexp(m, lse_c), lin + lin_c
-            del tile
         valid = lab != ignore_index
         lse[t0:t1] = m
         # lin is -lse_tile on ignored rows (the kernel zeroes their loss): mask them, keep NaN of bad labels.
@@ -156,66 +168,73 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
     fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
     shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it, in fp32: ``fp32_dh``)."""
     ignore_index, label_smoothing, z_loss, softcap = opts
-    n, v = hidden2.shape[0], weight.shape[0]
+    n, (v, hdim) = hidden2.shape[0], weight.shape
     vocab_total = v if vocab_total is None else vocab_total
-    dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=hidden2.device)
+    dev, dt = hidden2.device, hidden2.dtype
+    dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=dev)
     dw = torch.empty_like(weight)
     db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+    tn, tv = min(n, token_chunk), min(v, vocab_chunk)
     one_token_chunk = n <= token_chunk
+    tiles, dh_part = _Scratch(tn * tv, dt, dev), _Scratch(tn * hdim, dt, dev)
+    if not one_token_chunk:
+        dw_part = _Scratch(tv * hdim, dt, dev)
+        dw_acc = _Scratch(tv * hdim, torch.float32, dev)
     for c0 in range(0, v, vocab_chunk):
         c1 = min(v, c0 + vocab_chunk)
         w = weight[c0:c1]
-        dw_acc = None if one_token_chunk else torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        db_acc = torch.zeros(c1 - c0, dtype=torch.float32, device=w.device) if bias is not None else None
+        acc = None if one_token_chunk else dw_acc.get(c1 - c0, hdim).zero_()
+        db_acc = torch.zeros(c1 - c0, dtype=torch.float32, device=dev) if bias is not None else None
         for t0 in range(0, n, token_chunk):
             t1 = min(n, t0 + token_chunk)
             h = hidden2[t0:t1]
-            tile = _tile_logits(h, weight, bias, c0, c1)
+            tile = _tile_logits(h, weight, bias, c0, c1, tiles.get(t1 - t0, c1 - c0))
             kernel(tile, labels1[t0:t1], lse[t0:t1], dloss[t0:t1], None if dlse is None else dlse[t0:t1], tile,
                    ignore_index, label_smoothing, z_loss, softcap, vocab_start + c0, vocab_total)
-            dh[t0:t1] += torch.mm(tile, w)  # the tile's share, rounded once, summed over vocabulary chunks in fp32
+            # the tile's share of d_hidden, rounded once, summed over vocabulary chunks in fp32
+            dh[t0:t1] += torch.mm(tile, w, out=dh_part.get(t1 - t0, hdim))
             if one_token_chunk:
                 torch.mm(tile.t(), h, out=dw[c0:c1])
             else:
-                dw_acc += torch.mm(tile.t(), h)
+                acc += torch.mm(tile.t(), h, out=dw_part.get(c1 - c0, hdim))
             if db_acc is not None:
                 db_acc += tile.sum(0, dtype=torch.float32)
-            del tile
-        if dw_acc is not None:
-            dw[c0:c1] = dw_acc
+        if acc is not None:
+            dw[c0:c1] = acc
         if db_acc is not None:
             db[c0:c1] = db_acc
-    return dh if fp32_dh else dh.to(hidden2.dtype), dw, db
+    return dh if fp32_dh else dh.to(dt), dw, db
 
 
 def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk, mean):
     """grad_in_forward: (loss scalar fp32, d_hidden, d_weight, d_bias) for the unit upstream gradient, in 3 matmuls
     (see the module docstring). The loss and the gradients already carry the mean's 1 / (non-ignored count)."""
     ignore_index, label_smoothing, z_loss, softcap = opts
-    n, v = hidden2.shape[0], weight.shape[0]
+    n, (v, hdim) = hidden2.shape[0], weight.shape
+    dev, dt = hidden2.device, hidden2.dtype
     valid = labels1 != ignore_index
     row_scale = valid.float()
     if mean:
         row_scale = row_scale / valid.sum().clamp(min=1)
-    loss = torch.zeros((), dtype=torch.float32, device=hidden2.device)
+    loss = torch.zeros((), dtype=torch.float32, device=dev)
     dh = torch.empty_like(hidden2)
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    db = torch.zeros(v, dtype=torch.float32, device=weight.device) if bias is not None else None
-    slice_v = max(1, (1 << 24) // max(1, weight.shape[1]))  # d_weight updated in slices: small temporaries
+    dw = torch.zeros(weight.shape, dtype=torch.float32, device=dev)
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
+    slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
+    tiles, dw_part = _Scratch(min(n, token_chunk) * v, dt, dev), _Scratch(slice_v * hdim, dt, dev)
     for t0 in range(0, n, token_chunk):
         t1 = min(n, t0 + token_chunk)
         h = hidden2[t0:t1]
-        logits = _tile_logits(h, weight, bias, 0, v)
+        logits = _tile_logits(h, weight, bias, 0, v, tiles.get(t1 - t0, v))
         l_t, _ = kernel(logits, labels1[t0:t1], None, row_scale[t0:t1], None, logits, ignore_index, label_smoothing,
                         z_loss, softcap, 0, v)  # logits now hold d_logits
         loss += (l_t * row_scale[t0:t1]).sum()
         torch.mm(logits, weight, out=dh[t0:t1])
         for c0 in range(0, v, slice_v):
             c1 = min(v, c0 + slice_v)
-            dw[c0:c1] += torch.mm(logits[:, c0:c1].t(), h)
+            dw[c0:c1] += torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
         if db is not None:
             db += logits.sum(0, dtype=torch.float32)
-        del logits
     return loss, dh, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else weight.new_empty(0))
 
 
