@@ -102,6 +102,18 @@ def test_reference_matches_sdpa():
     assert max_err(lse, expected) < 1e-12
 
 
+def test_error_bound_rejects_low_precision():
+    # Negative control: attention on fp8-rounded q and k is what a careless kernel might compute; the bound that
+    # the kernels pass must reject it.
+    q, k, v, _ = make("cpu", torch.bfloat16, sq=64, hq=4, hk=1, d=64)
+    truth = ref.attention(q.double(), k.double(), v.double(), causal=True)[0]
+    yardstick = ref.attention(q, k, v, causal=True, upcast=False)[0]
+    fp8 = lambda t: t.to(torch.float8_e4m3fn).to(t.dtype)
+    sloppy = ref.attention(fp8(q), fp8(k), v, causal=True)[0]
+    with pytest.raises(AssertionError, match="exceeds"):
+        assert_within_torch_error(sloppy, truth, yardstick, factor=2.0)
+
+
 def test_mask_convention():
     # Bottom-right alignment: with sq=2, sk=4 and causal, query 0 sees keys 0..2 and query 1 sees all four.
     m = ref.attention_mask(2, 4, -1, 0)
@@ -285,6 +297,13 @@ def test_max_seqlen_derived():
     derived = ek.attention(q, k, v, causal=True, cu_seqlens_q=extra["cu_seqlens_q"],
                            cu_seqlens_k=extra["cu_seqlens_k"])
     torch.testing.assert_close(with_max, derived, atol=0, rtol=0)
+
+
+def test_triton_fp32_head_dim_limit(device):
+    # fp32 tiles of head_dim 256 do not fit a GPU's registers without spills: the triton backend says so.
+    q, k, v, _ = make(device, torch.float32, sq=8, hq=2, hk=1, d=256)
+    with pytest.raises(NotImplementedError, match="float32 inputs support head_dim <= 128"):
+        ek.attention(q, k, v, backend="triton")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the registry's NotImplementedError needs CUDA tensors")

@@ -41,6 +41,9 @@ using BF16 = at::BFloat16;
 // (rescaling the output rows); the backward keeps five [64 x 64] tiles per block pair in L1/L2.
 constexpr int64_t kFwdBQ = 128, kFwdBK = 128;
 constexpr int64_t kBwdBQ = 128, kBwdBK = 64;
+// dQ^T rows are padded by this many floats: a row stride that is a multiple of 4 KiB would map every row of a GEMM
+// tile to the same cache sets.
+constexpr int64_t kSkew = 16;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---- GEMM on blocks --------------------------------------------------------------------------------------------
@@ -432,7 +435,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     for (auto* b : {&B.pt, &B.dst, &B.dsb}) b->resize(kBwdBK * kBwdBQ);
     B.lse.resize(sq_pad);
     B.delta.resize(sq_pad);
-    B.dqt.resize(d * sq_pad);
+    B.dqt.resize(d * (sq_pad + kSkew));
     B.dk.resize(sk_pad * d);
     B.dv.resize(sk_pad * d);
     B.st.resize(kBwdBK * kBwdBQ);
@@ -445,7 +448,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     const Doc& doc = pb.docs[task.doc];
     const Window w{doc.sq, doc.sk, left, right, kBwdBQ, kBwdBK};
     const int64_t nqb = (doc.sq + kBwdBQ - 1) / kBwdBQ, nkb = (doc.sk + kBwdBK - 1) / kBwdBK, hkv = task.head;
-    const int64_t ldq = nqb * kBwdBQ;  // row stride of dQ^T for this document
+    const int64_t rows_pad = nqb * kBwdBQ;
+    const int64_t ldq = rows_pad + kSkew;  // row stride of dQ^T for this document
     std::fill(B.dk.begin(), B.dk.begin() + nkb * blk, 0.f);
     std::fill(B.dv.begin(), B.dv.begin() + nkb * blk, 0.f);
     for (int64_t g = task.slice * per_slice; g < (task.slice + 1) * per_slice; ++g) {
@@ -459,7 +463,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
         pack_bt(DO.row(doc.q0 + i0, h), DO.tok, n, kBwdBQ, d, B.dobt.data() + at);
         pack_b(DO.row(doc.q0 + i0, h), DO.tok, n, kBwdBQ, d, B.dob.data() + at);
       }
-      for (int64_t i = 0; i < ldq; ++i) {
+      for (int64_t i = 0; i < rows_pad; ++i) {
         if (i >= doc.sq) {
           B.lse[i] = kInf;
           B.delta[i] = 0.f;

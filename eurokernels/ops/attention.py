@@ -33,7 +33,8 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
         k, v: ``[batch, seqlen_k, heads_k, head_dim]`` (packed: ``[total_k, heads_k, head_dim]``); heads_q must be a
             multiple of heads_k (GQA/MQA: query head h uses key/value head h // (heads_q // heads_k)).
             head_dim: a multiple of 8, at most 256. dtypes: float16 / bfloat16 on every backend, float32 on
-            reference, cpu and triton, float64 on reference (gradcheck). q, k and v share one dtype and device.
+            reference, cpu and triton (triton: head_dim <= 128), float64 on reference (gradcheck). q, k and v
+            share one dtype and device.
         causal: query i sees keys j <= i + seqlen_k - seqlen_q (aligned bottom-right, as FlashAttention does);
             the same as ``window_size=(left, 0)``.
         softmax_scale: multiplies q.k; default 1 / sqrt(head_dim).
@@ -53,7 +54,9 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
     Returns:
         ``out`` with q's shape and dtype, or ``(out, lse)``. A query row that sees no key (possible with windows,
         or with causal and seqlen_q > seqlen_k) outputs zeros, has lse = -inf and gets zero gradients.
-        The backward is deterministic: the same inputs give bitwise-equal gradients (no atomics).
+        The backward is deterministic: the same inputs give bitwise-equal gradients (no atomics; on the cpu
+        backend, for a given number of threads, which decides how a GQA group's dK/dV is split before a
+        fixed-order sum).
     """
     _checks.check_tensor("q", q, dtypes=None)
     backend = _backend.resolve(backend, q)
