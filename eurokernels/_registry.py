@@ -36,7 +36,7 @@ def lazy(module, attr):
 def define_op(name, schema, impls, fake, mutates_args=()):
     """Declare ``eurokernels::<name>`` with ``schema``; ``impls`` maps backend name -> callable taking the schema's
     arguments without the trailing backend; ``fake`` (same arguments) computes output metadata for tracing.
-    ``mutates_args`` names the arguments the op writes to (marked ``Tensor(a!)`` in the schema)."""
+    ``mutates_args`` names the arguments an in-place op writes (they carry ``(a!)`` annotations in the schema)."""
     def kernel_for(device_type):
         allowed = DEVICE_BACKENDS[device_type]
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu_memory.h"
+#include "cpu_alloc.h"
 #include "cpu_vec.h"
 #include "cross_entropy/online_softmax_cpu.h"
 #include "softmax/softmax.h"
@@ -32,11 +32,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
   CHECK_DIM(x, 2);
   const int64_t rows = x.size(0), n = x.size(1);
   check_rows(x, "x", rows, n);
-  at::Tensor y = at::empty({rows, n}, x.options());
+  at::Tensor y = cpu::empty_output({rows, n}, x.options());
   at::Tensor lse_t = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return {y, lse_t};
   TORCH_CHECK(n > 0, "softmax over an empty dimension");
-  cpu::advise_huge_pages(y.data_ptr(), y.nbytes());
   EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_fwd_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -79,9 +78,8 @@ at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Ten
   CHECK_DTYPE(lse, at::kFloat);
   CHECK_CONTIGUOUS(lse);
   TORCH_CHECK(lse.numel() == rows, "lse must have ", rows, " elements");
-  at::Tensor dx = at::empty({rows, n}, x.options());
+  at::Tensor dx = cpu::empty_output({rows, n}, x.options());
   if (rows == 0 || n == 0) return dx;
-  cpu::advise_huge_pages(dx.data_ptr(), dx.nbytes());
   EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_bwd_cpu", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

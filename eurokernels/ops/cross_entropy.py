@@ -22,7 +22,7 @@ buffer costs page faults on first touch, and on any device it halves the peak me
 values are then gone after the backward; use it when nothing else reads them (e.g. they come straight from the LM
 head matmul, whose backward needs only its inputs). Autograd's version counter catches misuse by saved tensors.
 Non-contiguous logits fall back to a fresh gradient buffer (the kernels would need a contiguous copy anyway). Without
-it, the cpu backend asks Linux for transparent huge pages on the fresh gradient buffer (csrc/cpu_memory.h), which
+it, the cpu backend asks Linux for transparent huge pages on the fresh gradient buffer (as csrc/cpu_alloc.h), which
 removes most of the page-fault cost where THP is in "madvise" mode (2048 x 128000 bf16 forward + backward here,
 loaded machine: 1.1-1.4 s before, 0.8 s after; torch.compile 1.2 s).
 
