@@ -94,7 +94,7 @@ def cases(device, quick=False):
 
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
 
-        def fwd_bwd(f):
+        def fwd_bwd(f, qg=qg, kg=kg, vg=vg, dout=dout):  # bind this shape's tensors (the loop rebinds the names)
             return lambda: torch.autograd.grad(f(qg, kg, vg), (qg, kg, vg), dout)
 
         out.append(Case("attention", label, "fwd+bwd", {n: fwd_bwd(f) for n, f in fns.items()},

@@ -123,7 +123,7 @@ def test_mask_convention():
     assert ref.attention_mask(3, 3, 1, 0).tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
 
 
-# Small shapes (the interpreter is slow); with its 16 x 16 blocks (64 x 64 on the cpu backend) these straddle block
+# Small shapes (the interpreter is slow); with its 16 x 16 blocks these straddle block
 # boundaries, include rows that see no key, key blocks that are skipped entirely, and GQA ratios 4/1 and 8/2.
 CASES = {
     "full": dict(shape=dict(b=2, sq=40, hq=4, hk=1, d=64), kw=dict()),
@@ -135,7 +135,7 @@ CASES = {
                                   kw=dict(causal=True, window_size=(10, -1), softcap=2.0)),
     "softcap_scale": dict(shape=dict(sq=20, sk=37, hq=4, hk=4, d=32), kw=dict(softcap=5.0, softmax_scale=0.3)),
     "varlen_causal": dict(shape=dict(lens_q=[1, 17, 0, 30, 5], hq=4, hk=2, d=64), kw=dict(causal=True)),
-    "varlen_uneven": dict(shape=dict(lens_q=[3, 20, 1, 9], lens_k=[10, 7, 1, 26], hq=4, hk=1, d=32),
+    "varlen_uneven": dict(shape=dict(lens_q=[3, 20, 1, 9, 4], lens_k=[10, 7, 1, 26, 0], hq=4, hk=1, d=32),
                           kw=dict(causal=True, window_size=(6, -1))),
 }
 

@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -234,6 +235,12 @@ void run_tasks(int64_t n_tasks, Setup setup, Fn fn) {
   });
 }
 
+// A buffer every element of which the packing writes (padding included): no zero fill first.
+template <typename CT>
+std::unique_ptr<CT[]> uninitialized(int64_t n) {
+  return std::unique_ptr<CT[]>(new CT[n]);
+}
+
 template <typename T>
 struct Strided {
   const T* p;
@@ -255,15 +262,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t blk = kFwdBK * d;
 
   // K as the B operand of Q @ K^T and V as the B operand of P @ V, per (key block, kv head).
-  std::vector<CT> kp(pb.total_kb * hk * blk), vp(pb.total_kb * hk * blk);
+  auto kp = uninitialized<CT>(pb.total_kb * hk * blk), vp = uninitialized<CT>(pb.total_kb * hk * blk);
   for (const Doc& doc : pb.docs) {
     const int64_t nkb = (doc.sk + kFwdBK - 1) / kFwdBK;
     at::parallel_for(0, nkb * hk, 1, [&](int64_t b, int64_t e) {
       for (int64_t x = b; x < e; ++x) {
         const int64_t kb = x / hk, h = x % hk, j0 = kb * kFwdBK, n = std::min(kFwdBK, doc.sk - j0);
         const int64_t at = ((doc.kb0 + kb) * hk + h) * blk;
-        pack_bt(K.row(doc.k0 + j0, h), K.tok, n, kFwdBK, d, kp.data() + at);
-        pack_b(V.row(doc.k0 + j0, h), V.tok, n, kFwdBK, d, vp.data() + at);
+        pack_bt(K.row(doc.k0 + j0, h), K.tok, n, kFwdBK, d, kp.get() + at);
+        pack_b(V.row(doc.k0 + j0, h), V.tok, n, kFwdBK, d, vp.get() + at);
       }
     });
   }
@@ -306,7 +313,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const auto kind = w.classify(i0, j0);
       if (kind == Window::kSkip) continue;
       const int64_t at = ((doc.kb0 + kb) * hk + hkv) * blk;
-      gemm<CT>(kFwdBQ, kFwdBK, d, d, kFwdBK, kFwdBK, false, B.qa.data(), kp.data() + at, B.s.data());
+      gemm<CT>(kFwdBQ, kFwdBK, d, d, kFwdBK, kFwdBK, false, B.qa.data(), kp.get() + at, B.s.data());
       for (int64_t r = 0; r < kFwdBQ; ++r) {
         float* s = B.s.data() + r * kFwdBK;
         Vec vmax(-kInf);
@@ -347,7 +354,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           for (int64_t c = 0; c < d; c += Vec::size()) (Vec::loadu(o + c) * va).store(o + c);
         }
       }
-      gemm<CT>(kFwdBQ, d, kFwdBK, kFwdBK, d, d, true, B.p.data(), vp.data() + at, B.o.data());
+      gemm<CT>(kFwdBQ, d, kFwdBK, kFwdBK, d, d, true, B.p.data(), vp.get() + at, B.o.data());
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float l = B.l[r], inv = l > 0 ? 1.f / l : 0.f;
@@ -378,7 +385,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   const int64_t blk = kBwdBK * d;
 
   // K as the A operand of K @ Q^T and (transposed) of K^T @ dS^T; V as the A operand of V @ dO^T.
-  std::vector<CT> ka(pb.total_kb * hk * blk), kt(pb.total_kb * hk * blk), va(pb.total_kb * hk * blk);
+  auto ka = uninitialized<CT>(pb.total_kb * hk * blk), kt = uninitialized<CT>(pb.total_kb * hk * blk),
+       va = uninitialized<CT>(pb.total_kb * hk * blk);
   int64_t max_sq = 0, max_sk = 0;
   for (const Doc& doc : pb.docs) {
     max_sq = std::max(max_sq, doc.sq);
@@ -388,9 +396,9 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       for (int64_t x = b; x < e; ++x) {
         const int64_t kb = x / hk, h = x % hk, j0 = kb * kBwdBK, n = std::min(kBwdBK, doc.sk - j0);
         const int64_t at = ((doc.kb0 + kb) * hk + h) * blk;
-        pack_rows(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, ka.data() + at);
-        pack_t(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, kt.data() + at);
-        pack_rows(V.row(doc.k0 + j0, h), V.tok, n, kBwdBK, d, va.data() + at);
+        pack_rows(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, ka.get() + at);
+        pack_t(K.row(doc.k0 + j0, h), K.tok, n, kBwdBK, d, kt.get() + at);
+        pack_rows(V.row(doc.k0 + j0, h), V.tok, n, kBwdBK, d, va.get() + at);
       }
     });
   }
@@ -487,8 +495,8 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           if (kind == Window::kSkip) continue;
           const int64_t qat = qb * kBwdBQ * d;
           // S^T = K Q^T and dP^T = V dO^T, [kBwdBK, kBwdBQ]: queries along the rows, so lse and delta are vectors.
-          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, ka.data() + at, B.qbt.data() + qat, B.st.data());
-          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, va.data() + at, B.dobt.data() + qat, B.dpt.data());
+          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, ka.get() + at, B.qbt.data() + qat, B.st.data());
+          gemm<CT>(kBwdBK, kBwdBQ, d, d, kBwdBQ, kBwdBQ, false, va.get() + at, B.dobt.data() + qat, B.dpt.data());
           for (int64_t r = 0; r < kBwdBK; ++r) {
             float* s = B.st.data() + r * kBwdBQ;
             float* dp = B.dpt.data() + r * kBwdBQ;
@@ -516,7 +524,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           gemm<CT>(kBwdBK, d, kBwdBQ, kBwdBQ, d, d, true, B.pt.data(), B.dob.data() + qat, B.dv.data() + kb * blk);
           gemm<CT>(kBwdBK, d, kBwdBQ, kBwdBQ, d, d, true, B.dst.data(), B.qb.data() + qat, B.dk.data() + kb * blk);
           to_b<CT>(B.dpt.data(), kBwdBK, kBwdBQ, B.dsb.data());
-          gemm<CT>(d, kBwdBQ, kBwdBK, kBwdBK, kBwdBQ, ldq, true, kt.data() + at, B.dsb.data(), B.dqt.data() + i0);
+          gemm<CT>(d, kBwdBQ, kBwdBK, kBwdBK, kBwdBQ, ldq, true, kt.get() + at, B.dsb.data(), B.dqt.data() + i0);
         }
       }
       for (int64_t i = 0; i < doc.sq; ++i) {
