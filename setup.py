@@ -101,7 +101,9 @@ setup(
     packages=find_packages(include=["eurokernels", "eurokernels.*"]),
     python_requires=">=3.10",
     install_requires=["torch==2.14.1", "numpy"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    # hf: eurokernels.integrations.transformers (tested with 5.23.0, the version .ci/requirements.txt pins; it
+    # patches transformers' attention/mask registries and per-family apply_rotary_pos_emb, public in 5.x).
+    extras_require={"test": ["pytest", "pytest-benchmark"], "hf": ["transformers>=5.23,<6"]},
     ext_modules=exts,
     cmdclass={"build_ext": build_ext},
 )
