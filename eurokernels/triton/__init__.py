@@ -36,6 +36,12 @@ def all_row_configs():
     return configs + [row_config(MAX_BLOCK_N + 1)]
 
 
+def all_block_configs():
+    """The distinct (block_n, num_warps) of all_row_configs(): the list for kernels that always sweep the row in
+    blocks (no SINGLE_BLOCK specialization), where the looping 8192 config is the same kernel as the single one."""
+    return list({(c.block_n, c.num_warps): c for c in all_row_configs()}.values())
+
+
 def row_alignment(element_size, *extents):
     """ALIGN for a row-wise kernel: the elements in 16 bytes when every row length and row stride in `extents`
     is a multiple of it (each row then starts 16-byte aligned, so 128-bit accesses are possible), else 1. It only

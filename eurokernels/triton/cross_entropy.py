@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import all_row_configs, row_config
+from . import all_block_configs, row_config
 from ._common import cast_to
 
 LOG2E = 1.4426950408889634
@@ -127,7 +127,7 @@ def aot_specs():
     signature = dict(X="*bf16", stride_x_row="i32", LABELS="*i64", LSE_IN="*fp32", SCALE="*fp32", DLSE="*fp32",
                      LOSS="*fp32", LSE="*fp32", GRAD="*bf16", stride_g_row="i32", V="i32", ignore_index="i32",
                      vocab_start="i32", vocab_total="i32", label_smoothing="fp32", z_loss="fp32", softcap="fp32")
-    for cfg in all_row_configs():
+    for cfg in all_block_configs():
         for mode, (has_lse, write) in dict(fwd=(False, False), fwd_grad=(False, True), bwd=(True, True)).items():
             specs.append(dict(
                 name=f"cross_entropy_{mode}", kernel=cross_entropy_kernel, num_warps=cfg.num_warps,

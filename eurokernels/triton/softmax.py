@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import all_row_configs, row_config
+from . import all_block_configs, all_row_configs, row_config
 from ._common import cast_to
 
 
@@ -124,14 +124,15 @@ def aot_specs():
     """Every kernel x launch configuration the launchers can pick (bf16, both LOG values), for the AOT checks
     (eurokernels/inspect), aligned as the JIT assumes for a row length that is a multiple of 16."""
     specs = []
-    for cfg in all_row_configs():
-        for log in (False, True):
+    for log in (False, True):
+        for cfg in all_row_configs():  # the forward keeps a row that fits one block in registers (SINGLE_BLOCK)
             specs.append(dict(
                 name=f"{'log_' if log else ''}softmax_fwd", kernel=softmax_fwd_kernel, num_warps=cfg.num_warps,
                 signature=dict(X="*bf16", stride_x_row="i32", Y="*bf16", LSE="*fp32", N="i32"),
                 constexprs=dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, LOG=log),
                 aligned=["X", "stride_x_row", "Y", "LSE", "N"],
                 variant="div16", memory_bound=True, rows_aligned=True, block=cfg.block_n))
+        for cfg in all_block_configs():  # the backward always sweeps in blocks
             specs.append(dict(
                 name=f"{'log_' if log else ''}softmax_bwd", kernel=softmax_bwd_kernel, num_warps=cfg.num_warps,
                 signature=dict(DY="*bf16", stride_dy_row="i32", X="*bf16", stride_x_row="i32", LSE="*fp32", DX="*bf16",
