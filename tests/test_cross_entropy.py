@@ -580,6 +580,8 @@ def test_linear_errors():
 
 def _vocab_parallel_worker(rank, world, init_file, backend):
     import torch.distributed as dist
+    # One thread per rank: up to 4 ranks share CI's 2 cores, and oversubscribed OpenMP pools only slow gloo down.
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # the same full problem on every rank
@@ -622,6 +624,9 @@ def _vocab_parallel_worker(rank, world, init_file, backend):
                 torch.testing.assert_close(insp[0].grad, ins1[0].grad, atol=1e-5, rtol=1e-5)
                 torch.testing.assert_close(insp[1].grad, ins1[1].grad[sl], atol=1e-5, rtol=1e-5)
                 torch.testing.assert_close(insp[2].grad, ins1[2].grad[sl], atol=1e-5, rtol=1e-5)
+        # Every rank is done with gloo before any tears it down: a rank destroying its group while a peer's
+        # collective is still in flight can abort the peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
