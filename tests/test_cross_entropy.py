@@ -1,7 +1,6 @@
-"""Cross-entropy, linear cross-entropy and vocab-parallel cross-entropy: every backend against fp64 truth built from
-PyTorch's own F.cross_entropy, options and their combinations, invariants, autograd, compile, memory, bad input."""
-import os
-import tempfile
+"""Cross-entropy and linear cross-entropy: every backend against fp64 truth built from PyTorch's own
+F.cross_entropy, options and their combinations, invariants, autograd, compile, memory, bad input.
+(Vocab-parallel: test_vocab_parallel.py.)"""
 import weakref
 
 import pytest
@@ -574,74 +573,3 @@ def test_linear_errors():
             ek.linear_cross_entropy(**kwargs)
     with pytest.raises((IndexError, RuntimeError), match="out of range"):
         ek.linear_cross_entropy(h, w, torch.tensor([0, 1, 10, 2]), backend="cpu")
-
-
-# --- vocab-parallel --------------------------------------------------------------------------------------------------
-
-def _vocab_parallel_worker(rank, world, init_file, backend):
-    import torch.distributed as dist
-    # One thread per rank: up to 4 ranks share CI's 2 cores, and oversubscribed OpenMP pools only slow gloo down.
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)  # the same full problem on every rank
-        n, hdim, v = 13, 8, 24 * world + 0  # v divisible by the world size for the default equal slices
-        logits = torch.randn(n, v) * 3
-        labels = torch.randint(0, v, (n,))
-        labels[2] = IGNORE
-        h = torch.randn(n, hdim)
-        w = torch.randn(v, hdim) * 0.3
-        b = torch.randn(v)
-        per = v // world
-        sl = slice(rank * per, (rank + 1) * per)
-        for opts in (dict(), dict(label_smoothing=0.1, z_loss=1e-2, softcap=4.0)):
-            for reduction in ("mean", "none"):
-                # logits variant
-                full = logits.clone().requires_grad_()
-                loss_1, lse_1 = ek.cross_entropy(full, labels, reduction=reduction, return_lse=True, backend=backend,
-                                                 **opts)
-                shard = logits[:, sl].clone().requires_grad_()
-                loss_p, lse_p = ek.vocab_parallel_cross_entropy(shard, labels, reduction=reduction, return_lse=True,
-                                                                backend=backend, **opts)
-                torch.testing.assert_close(loss_p, loss_1, atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(lse_p, lse_1, atol=1e-5, rtol=1e-5)
-                g = torch.linspace(0.5, 1.5, loss_1.numel()).view_as(loss_1)
-                ((loss_1 * g).sum() + lse_1.sum() * 0.1).backward()
-                ((loss_p * g).sum() + lse_p.sum() * 0.1).backward()
-                torch.testing.assert_close(shard.grad, full.grad[:, sl], atol=1e-6, rtol=1e-5)
-                # linear variant (explicit vocab_start / vocab_total this time)
-                ins1 = [t.clone().requires_grad_() for t in (h, w, b)]
-                l1 = ek.linear_cross_entropy(ins1[0], ins1[1], labels, bias=ins1[2], reduction=reduction,
-                                             backend=backend, **opts)
-                insp = [h.clone().requires_grad_(), w[sl].clone().requires_grad_(), b[sl].clone().requires_grad_()]
-                lp = ek.vocab_parallel_linear_cross_entropy(insp[0], insp[1], labels, bias_shard=insp[2],
-                                                            vocab_start=rank * per, vocab_total=v,
-                                                            reduction=reduction, chunk_size=(5, 7), backend=backend,
-                                                            **opts)
-                torch.testing.assert_close(lp, l1, atol=1e-5, rtol=1e-5)
-                (l1 * g).sum().backward()
-                (lp * g).sum().backward()
-                torch.testing.assert_close(insp[0].grad, ins1[0].grad, atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(insp[1].grad, ins1[1].grad[sl], atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(insp[2].grad, ins1[2].grad[sl], atol=1e-5, rtol=1e-5)
-        # Every rank is done with gloo before any tears it down: a rank destroying its group while a peer's
-        # collective is still in flight can abort the peer ("terminate called without an active exception").
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.parametrize("world", [2, 4])
-def test_vocab_parallel_matches_single_rank(world):
-    # gloo on CPU, spawned processes; each rank asserts its loss, lse and gradients equal the single-rank ones.
-    import torch.multiprocessing as mp
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_vocab_parallel_worker, args=(world, os.path.join(d, "init"), "cpu"), nprocs=world, join=True)
-
-
-def test_vocab_parallel_errors():
-    x, y = torch.randn(2, 8), torch.randint(0, 16, (2,))
-    with pytest.raises(ValueError, match="vocab_total: required"):
-        ek.vocab_parallel_cross_entropy(x, y, vocab_start=0)
-    with pytest.raises(ValueError, match="vocab_start: the shard"):
-        ek.vocab_parallel_cross_entropy(x, y, vocab_start=12, vocab_total=16)
