@@ -30,6 +30,8 @@ class Case:
     bytes: int = 0               # bytes a perfect kernel must move (for GB/s); 0 if compute-bound
     flops: int = 0               # useful floating-point operations (for TFLOP/s); 0 if memory-bound
     floor: str = None            # name of the provider that is the memory floor (reported as a fraction)
+    out_bytes: int = 0           # bytes of the results every provider must return (e.g. the gradients): the
+                                 # "workspace" column is the peak minus these, the memory a provider adds on top
     meta: dict = field(default_factory=dict)
 
 
@@ -94,17 +96,25 @@ def _glibc_maps_large_blocks():
     libc.malloc_trim(0)
 
 
-def run_case(case, device, progress=None):
+def run_case(case, device, progress=None, max_seconds=20.0):
+    """Every provider of ``case``: time (median; at least 3 timed calls, more while under ``max_seconds``), derived
+    throughput, peak memory, speed-ups against eager / compile and the fraction of the floor."""
     rows = []
     for name, fn in case.providers.items():
         if progress:
             progress(f"{case.op} {case.mode} {case.label}: {name}")
         gc.collect()
-        ms = time_ms(fn, device)
+        # First call: compiles, autotunes, page-faults the inputs. Second call: the peak memory of a steady-state
+        # call, and the second warm-up of the timing (slow CPU cases would otherwise pay six calls, not five).
+        fn()
+        peak_mb = peak_memory_mb(fn, device)
+        ms = time_ms(fn, device, warmup=0, max_seconds=max_seconds)
         rows.append(dict(op=case.op, case=case.label, mode=case.mode, provider=name, ms=ms,
                          gbps=case.bytes / ms / 1e6 if case.bytes else None,
                          tflops=case.flops / ms / 1e9 if case.flops else None,
-                         peak_mb=peak_memory_mb(fn, device), **case.meta))
+                         peak_mb=peak_mb, **case.meta))
+        if case.out_bytes and rows[-1]["peak_mb"] is not None:
+            rows[-1]["workspace_mb"] = rows[-1]["peak_mb"] - case.out_bytes / 2**20
     by = {r["provider"]: r["ms"] for r in rows}
     for r in rows:
         r["floor_fraction"] = by[case.floor] / r["ms"] if case.floor else None  # 1.0 = at the floor
@@ -131,7 +141,8 @@ def format_table(rows):
     cols = [("op", "op", "{}"), ("mode", "mode", "{}"), ("case", "shape", "{}"), ("provider", "provider", "{}"),
             ("ms", "ms", "{:.2f}"), ("gbps", "GB/s", "{:.1f}"), ("tflops", "TFLOP/s", "{:.3f}"),
             ("floor_fraction", "of floor", "{:.0%}"), ("speedup_vs_eager", "vs eager", "{:.1f}x"),
-            ("speedup_vs_compile", "vs compile", "{:.2f}x"), ("peak_mb", "peak MB", "{:.0f}")]
+            ("speedup_vs_compile", "vs compile", "{:.2f}x"), ("peak_mb", "peak MB", "{:.0f}"),
+            ("workspace_mb", "workspace MB", "{:.0f}")]
     cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
     cells = [[c[1] for c in cols]] + [[("" if r.get(k) is None else f.format(r[k])) for k, _, f in cols]
                                       for r in rows]
@@ -149,6 +160,11 @@ def write_json(path, rows, device):
 def benchmark_test(cases_fn):
     """A pytest-benchmark test over every (case, provider) of ``cases_fn``'s quick cases on the default device;
     a bench module says ``test_<op> = benchmark_test(cases)``. The CLI (benchmarks/run.py) covers every shape."""
+    import sys
+    if "pytest" not in sys.modules:
+        # The CLI imports the bench modules too: building the params would make every quick case's tensors (GBs)
+        # at import time, for nothing.
+        return None
     import pytest
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
