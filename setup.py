@@ -90,7 +90,17 @@ def extensions():
     else:
         print("eurokernels: not building CUDA kernels (" +
               ("EUROKERNELS_SKIP_CUDA set" if skip_cuda else "no nvcc on PATH and no CUDA_HOME") + ")")
-    return exts, BuildExtension.with_options(use_ninja=True)
+
+    class BuildOneExtensionAtATime(BuildExtension.with_options(use_ninja=True)):
+        def finalize_options(self):
+            super().finalize_options()
+            # `build_ext -j N` builds the extensions in parallel threads, but torch writes one build.ninja per build
+            # directory, which _C and _cuda share: the threads overwrite each other's file, and a clean `-j 2` build
+            # ran _cuda's ninja file twice and failed to link _C (its objects were never compiled). ninja already
+            # compiles each extension's sources in parallel (MAX_JOBS), so only the extensions go one at a time.
+            self.parallel = None
+
+    return exts, BuildOneExtensionAtATime
 
 
 exts, build_ext = extensions()

@@ -4,6 +4,7 @@
 #include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
+#include "softmax/softmax.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
@@ -11,4 +12,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_bwd", &rn::backward_cuda, "RMSNorm backward (CUDA)");
   m.def("rotary", &eurokernels::rotary::rotary_cuda, "Rotary embeddings, out of place or in place (CUDA)");
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
+  m.def("softmax_fwd", &eurokernels::softmax::forward_cuda, "Softmax / log-softmax forward (CUDA)");
+  m.def("softmax_bwd", &eurokernels::softmax::backward_cuda, "Softmax / log-softmax backward (CUDA)");
 }

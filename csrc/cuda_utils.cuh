@@ -1,11 +1,15 @@
-// Device helpers shared by the CUDA kernels: dtype tags, fp32 conversion, vector loads, block reductions.
-// Free of torch headers on purpose: nvcc spends minutes on them, and the .cu files only need raw pointers.
+// Helpers shared by the CUDA kernels: dtype tags, fp32 conversion, vector loads, block reductions (device), and the
+// launchers' runtime-to-template switches (host). Free of torch headers on purpose: nvcc spends minutes on them,
+// and the .cu files only need raw pointers.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 namespace eurokernels::cuda {
 
@@ -62,6 +66,55 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   v = warp_sum(v);
   __syncthreads();
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------- host (launchers)
+
+// Calls f(T{}) with the storage type of a DType tag (runtime switch -> template argument).
+template <typename F>
+void dispatch_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case kFloat16: return f(__half{});
+    case kBFloat16: return f(__nv_bfloat16{});
+    default: return f(float{});
+  }
+}
+
+// The widest vector of T (at most 16 bytes: one 128-bit access) such that every extent (row lengths and strides,
+// in elements) is a multiple of it and every non-null pointer is aligned to it. Kernels then step VEC elements at a
+// time from offsets that are multiples of VEC, so every access stays aligned.
+template <typename T>
+int pick_vec(std::initializer_list<int64_t> extents, std::initializer_list<const void*> ptrs) {
+  auto ok = [&](int v) {
+    for (int64_t e : extents) if (e % v) return false;
+    for (const void* q : ptrs) if (q && reinterpret_cast<uintptr_t>(q) % (v * sizeof(T))) return false;
+    return true;
+  };
+  int vec = 16 / int(sizeof(T));
+  while (vec > 1 && !ok(vec)) vec /= 2;
+  return vec;
+}
+
+// Calls f(std::integral_constant<int, VEC>{}) for the VEC pick_vec<T> returned. Only widths of at most 16 bytes of
+// T are instantiated (pick_vec never returns wider ones): no dead fp32 x 8 kernels in the binary.
+template <typename T, typename F>
+void dispatch_vec(int vec, F&& f) {
+  auto call = [&](auto v) {
+    if constexpr (decltype(v)::value * sizeof(T) <= 16) f(v);
+  };
+  switch (vec) {
+    case 8: return call(std::integral_constant<int, 8>{});
+    case 4: return call(std::integral_constant<int, 4>{});
+    case 2: return call(std::integral_constant<int, 2>{});
+    default: return call(std::integral_constant<int, 1>{});
+  }
+}
+
+// Threads for a kernel that gives one block to a row of n elements, VEC at a time: one vector per thread, a
+// multiple of 32, between 32 and max_threads (rows longer than that loop).
+inline int row_threads(int64_t n, int vec, int max_threads) {
+  const int64_t t = (n / vec + 31) / 32 * 32;
+  return int(std::min<int64_t>(max_threads, std::max<int64_t>(32, t)));
 }
 
 }  // namespace eurokernels::cuda

@@ -46,7 +46,7 @@ def rows_view(t):
     A view whenever the leading dimensions collapse (the common case, including slices of a wider buffer);
     otherwise (e.g. a transposed input) one copy, because the kernels vectorize along the last dimension.
     """
-    t2 = t.reshape(-1, t.shape[-1])
+    t2 = t.reshape(t.shape[:-1].numel(), t.shape[-1])  # not -1: ambiguous when the last dimension is 0
     if t2.shape[1] > 1 and t2.stride(1) != 1:
         t2 = t2.contiguous()
     return t2

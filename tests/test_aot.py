@@ -134,9 +134,9 @@ def _skip_cuda():
     return os.environ.get("EUROKERNELS_SKIP_CUDA", "0") not in ("", "0")  # setup.py's switch
 
 
-def test_cuda_cubins_have_no_spills(inspection):
-    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0, static
-    shared memory within 48 KB."""
+def _cuda_rows(inspection):
+    """The rows of the built extension's CUDA C++ kernels; fails (never passes) when nvcc is here but the extension
+    is not built, and skips only where it cannot be built."""
     if inspection["cuda_extension"] is None:
         if _skip_cuda():
             pytest.skip("EUROKERNELS_SKIP_CUDA is set: the CUDA extension was not built")
@@ -144,7 +144,13 @@ def test_cuda_cubins_have_no_spills(inspection):
             pytest.fail("nvcc is available but the CUDA extension eurokernels/_cuda*.so is not built: build it "
                         "(pip install --no-build-isolation -e . without EUROKERNELS_SKIP_CUDA)")
         pytest.skip("no CUDA extension built and no nvcc here: the CUDA C++ cubins cannot be checked")
-    rows = [r for r in inspection["rows"] if r["source"] == "cuda"]
+    return [r for r in inspection["rows"] if r["source"] == "cuda"]
+
+
+def test_cuda_cubins_have_no_spills(inspection):
+    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0, static
+    shared memory within 48 KB."""
+    rows = _cuda_rows(inspection)
     by_arch = defaultdict(set)
     for r in rows:
         by_arch[r["target"]].add((r["kernel"], r["config"]))
@@ -153,3 +159,33 @@ def test_cuda_cubins_have_no_spills(inspection):
     bad = [f"{r['kernel']}{r['config']} on {r['target']}: LOCAL {r['spills']}, shared {r['shared']}"
            for r in rows if r["spills"] != 0 or r["shared"] > r["shared_limit"] or not r["has_sass"]]
     assert not bad, "\n".join(bad)
+
+
+def test_cuda_cubins_cover_every_cu_source(inspection):
+    """The spill check above sees every .cu file of csrc/sources.txt: each defines its kernels in the namespace
+    eurokernels::<its folder> (softmax/softmax.cu -> softmax::softmax_fwd_kernel), so a kernel file left out of
+    the build, or one whose launcher no longer instantiates its kernels, fails here."""
+    rows = _cuda_rows(inspection)
+    folders = set()
+    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words and words[0] == "cuda" and words[1].endswith(".cu"):
+            folders.add(words[1].split("/")[0])
+    assert folders, "csrc/sources.txt lists no .cu files"
+    missing = folders - {r["kernel"].split("::")[0] for r in rows}
+    assert not missing, f"no kernels from csrc/{{{','.join(sorted(missing))}}}/*.cu in the cubins"
+
+
+def test_cuda_softmax_kernels_every_dispatch_target(inspection):
+    """Every (direction, dtype, log) the softmax launcher can dispatch to is compiled and so spill-checked, with
+    128-bit accesses for the widest vector (8 bf16 / fp16 or 4 fp32 elements)."""
+    rows = [r for r in _cuda_rows(inspection) if r["kernel"].startswith("softmax::")]
+    for arch in aot.CUDA_ARCHS:
+        configs = {(r["kernel"], r["config"]): r for r in rows if r["target"] == arch}
+        for direction in ("fwd", "bwd"):
+            for dtype, widest in (("float", 4), ("__nv_bfloat16", 8), ("__half", 8)):
+                for log in ("false", "true"):
+                    key = (f"softmax::softmax_{direction}_kernel", f"<{dtype}, {widest}, {log}>")
+                    assert key in configs, f"{key} not in the {arch} cubins: {sorted(configs)}"
+                    r = configs[key]
+                    assert r["load_bits"] == 128 and r["store_bits"] == 128, (key, arch, r["loads"], r["stores"])

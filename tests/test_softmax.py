@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import eurokernels as ek
+from eurokernels import _ext
+from eurokernels import reference as ref
 from tolerances import assert_within_torch_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -65,6 +67,83 @@ def test_masked_minus_inf(device, backend):
     torch.testing.assert_close(p, torch.softmax(x, -1))
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2, 4], ids=lambda o: f"offset{o}")
+def test_row_strides_and_offsets(device, backend, offset):
+    # Rows cut out of wider buffers, starting `offset` elements in: the widest vector access the kernels may use
+    # (bf16, n = 4096) is then 8 elements (16 bytes) at offset 0, 1 at offset 1, 2 at offset 2 and 4 at offset 4;
+    # the row strides (4104 + offset for x, 8192 for dy) differ from each other and from the outputs' (4096).
+    n = 4096
+    x = (torch.randn(3, n + 8 + offset, device=device) * 4).to(torch.bfloat16)[:, offset:offset + n]
+    dy = torch.randn(3, 2 * n, device=device).to(torch.bfloat16)[:, offset:offset + n]
+    for log in (False, True):
+        y, lse = torch.ops.eurokernels.softmax(x, log, backend)
+        y_ref, lse_ref = ref.softmax(x, log)
+        # fp32 math either way: at most one bf16 rounding step apart (2^-7 relative at the bottom of a binade)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=8e-3)
+        torch.testing.assert_close(lse, lse_ref.float(), atol=1e-4, rtol=1e-5)
+        dx = torch.ops.eurokernels.softmax_backward(dy, x, lse, log, backend)
+        torch.testing.assert_close(dx, ref.softmax_backward(dy, x, lse, log), atol=1e-5, rtol=8e-3)
+
+
+def test_empty(device, backend):
+    # No rows, and rows of length 0: lse is logsumexp over nothing, -inf, as torch.logsumexp.
+    for shape in [(0, 10), (3, 0)]:
+        x = torch.randn(shape, device=device)
+        for log in (False, True):
+            y, lse = torch.ops.eurokernels.softmax(x, log, backend)
+            assert y.shape == shape and lse.shape == shape[:1]
+            assert (lse == float("-inf")).all()
+            dx = torch.ops.eurokernels.softmax_backward(torch.randn_like(x), x, lse, log, backend)
+            assert dx.shape == shape
+        assert ek.log_softmax(x, backend=backend).shape == shape
+
+
+# The 4.3 GB test below runs the C++ kernel here; the Triton interpreter would take hours at this size, so the
+# triton and cuda backends run it only where a GPU is present.
+BIG_BACKENDS = [("cpu", "cpu")] + ([("cuda", "triton"), ("cuda", "cuda")] if torch.cuda.is_available() else [])
+
+
+def _rows_equal(t, row):
+    """Every row of t bitwise equal to `row`, compared in chunks (a bool mask of the whole 2^31-element tensor would
+    cost another 2 GB)."""
+    return all(torch.equal(c, row.expand_as(c)) for c in t.split(2048))
+
+
+@pytest.mark.parametrize(("device", "backend"), BIG_BACKENDS, ids=[b for _, b in BIG_BACKENDS])
+def test_int64_indexing_beyond_2_31(device, backend):
+    # rows * n > 2^31 elements: the last rows must be read and written at their own (int64) offsets, and no other
+    # row overwritten (the outputs start uninitialized). x and y / dx are the big tensors; dy is one row broadcast
+    # (row stride 0), which keeps the peak at two copies (8.6 GB).
+    n = 65536
+    rows = (1 << 31) // n + 2
+    x = torch.zeros(rows, n, dtype=torch.bfloat16, device=device)
+    x[-2:] = (torch.randn(2, n, device=device) * 4).to(torch.bfloat16)
+    y, lse = torch.ops.eurokernels.softmax(x, False, backend)
+    y_ref, lse_ref = ref.softmax(x[-2:], False)
+    torch.testing.assert_close(y[-2:], y_ref, atol=1e-6, rtol=8e-3)
+    torch.testing.assert_close(lse[-2:], lse_ref.float(), atol=1e-4, rtol=1e-5)
+    assert _rows_equal(y[:-2], y.new_tensor(1.0 / n))  # a row of zeros: uniform, 2^-16 exactly in bf16
+    del y
+    dy = torch.randn(1, n, device=device).to(torch.bfloat16).expand(rows, n)
+    dx = torch.ops.eurokernels.softmax_backward(dy, x, lse, False, backend)
+    torch.testing.assert_close(dx[-2:], ref.softmax_backward(dy[-2:], x[-2:], lse[-2:], False), atol=1e-6,
+                               rtol=8e-3)
+    torch.testing.assert_close(dx[:1], ref.softmax_backward(dy[:1], x[:1], lse[:1], False), atol=1e-6, rtol=8e-3)
+    assert _rows_equal(dx[1:-2], dx[0])  # same inputs, same kernel: the same bits in every zero row
+
+
+@pytest.mark.skipif(not _ext.has_cuda_extension(), reason="the CUDA extension eurokernels._cuda is not built")
+def test_cuda_entry_points_check_their_arguments():
+    # Runs without a GPU: the host side of the cuda backend (softmax_cuda.cpp) refuses CPU tensors by name before
+    # anything reaches the device, and the binding exists for both directions.
+    ext = _ext.cuda()
+    x = torch.randn(3, 8)
+    with pytest.raises(RuntimeError, match="x must be on cuda"):
+        ext.softmax_fwd(x, False)
+    with pytest.raises(RuntimeError, match="x must be on cuda"):
+        ext.softmax_bwd(x, x, torch.zeros(3), True)
+
+
 def test_gradcheck_fp64_reference(device):
     x = torch.randn(3, 9, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: ek.softmax(x, backend="reference"), (x,))
@@ -100,3 +179,5 @@ def test_errors():
         ek.softmax(x, dim=2)
     with pytest.raises(ValueError, match="x: expected at least 1 dimension"):
         ek.log_softmax(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
+        ek.softmax(x, backend="cuda")

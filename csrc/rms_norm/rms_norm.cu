@@ -2,10 +2,6 @@
 // squares, then a second sweep over the same row (an L1/L2 hit) to scale. Backward: a fixed number of blocks,
 // each owning a contiguous chunk of rows and one fp32 row of dw partials; a second kernel sums the partials in
 // block order, so dw is bitwise deterministic (no atomics).
-#include <algorithm>
-#include <initializer_list>
-#include <type_traits>
-
 #include "cuda_utils.cuh"
 #include "rms_norm/rms_norm_common.h"
 #include "rms_norm/rms_norm_launch.h"
@@ -112,51 +108,10 @@ __global__ void sum_partials_kernel(const float* partial, float* dw, int blocks,
   dw[j] = s;
 }
 
-// The widest vector (up to 16 bytes) that divides the row length, the row strides and the pointers.
-template <typename T>
-int pick_vec(int64_t n, std::initializer_list<int64_t> strides, std::initializer_list<const void*> ptrs) {
-  int vec = 16 / int(sizeof(T));
-  auto ok = [&](int v) {
-    if (n % v) return false;
-    for (int64_t s : strides) if (s % v) return false;
-    for (const void* q : ptrs) if (q && reinterpret_cast<uintptr_t>(q) % (v * sizeof(T))) return false;
-    return true;
-  };
-  while (vec > 1 && !ok(vec)) vec /= 2;
-  return vec;
-}
-
-int threads_for(int64_t n, int vec) {
-  int64_t t = (n / vec + 31) / 32 * 32;
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, t)));
-}
-
 // Calls f(T{}, W{}) with the storage types of the two dtypes (runtime switch -> template arguments).
 template <typename F>
 void dispatch_types(int x_dtype, int w_dtype, F&& f) {
-  auto with_w = [&](auto t) {
-    switch (w_dtype) {
-      case kFloat16: return f(t, __half{});
-      case kBFloat16: return f(t, __nv_bfloat16{});
-      default: return f(t, float{});
-    }
-  };
-  switch (x_dtype) {
-    case kFloat16: return with_w(__half{});
-    case kBFloat16: return with_w(__nv_bfloat16{});
-    default: return with_w(float{});
-  }
-}
-
-// Calls f(std::integral_constant<int, VEC>) for VEC in {1, 2, 4, 8}.
-template <typename F>
-void dispatch_vec(int vec, F&& f) {
-  switch (vec) {
-    case 8: return f(std::integral_constant<int, 8>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    default: return f(std::integral_constant<int, 1>{});
-  }
+  dispatch_dtype(x_dtype, [&](auto t) { dispatch_dtype(w_dtype, [&](auto w) { f(t, w); }); });
 }
 
 }  // namespace
@@ -167,10 +122,11 @@ void launch_forward(const ForwardParams& p, cudaStream_t stream) {
     using T = decltype(t);
     using W = decltype(wt);
     // The weight is read with the same vector width: require its alignment too.
-    int vec = pick_vec<T>(p.n, {p.stride_x, p.stride_r}, {p.x, p.residual, p.y, p.residual_out});
+    int vec = pick_vec<T>({p.n, p.stride_x, p.stride_r}, {p.x, p.residual, p.y, p.residual_out});
     if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
-    dispatch_vec(vec, [&](auto v) {
-      rms_norm_fwd_kernel<T, W, decltype(v)::value><<<unsigned(p.rows), threads_for(p.n, vec), 0, stream>>>(p);
+    const int threads = row_threads(p.n, vec, 1024);
+    dispatch_vec<T>(vec, [&](auto v) {
+      rms_norm_fwd_kernel<T, W, decltype(v)::value><<<unsigned(p.rows), threads, 0, stream>>>(p);
     });
   });
 }
@@ -181,10 +137,11 @@ void launch_backward(const BackwardParams& p, cudaStream_t stream) {
     dispatch_types(p.x_dtype, p.w_dtype, [&](auto t, auto wt) {
       using T = decltype(t);
       using W = decltype(wt);
-      int vec = pick_vec<T>(p.n, {p.stride_dy, p.stride_h, p.stride_dres}, {p.dy, p.h, p.dres, p.dx});
+      int vec = pick_vec<T>({p.n, p.stride_dy, p.stride_h, p.stride_dres}, {p.dy, p.h, p.dres, p.dx});
       if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
-      dispatch_vec(vec, [&](auto v) {
-        rms_norm_bwd_kernel<T, W, decltype(v)::value><<<unsigned(p.blocks), threads_for(p.n, vec), 0, stream>>>(p);
+      const int threads = row_threads(p.n, vec, 1024);
+      dispatch_vec<T>(vec, [&](auto v) {
+        rms_norm_bwd_kernel<T, W, decltype(v)::value><<<unsigned(p.blocks), threads, 0, stream>>>(p);
       });
     });
   }

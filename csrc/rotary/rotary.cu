@@ -3,8 +3,6 @@
 // and the pointers allow. The cos/sin row of the token is read with scalar loads: it is shared by every head and
 // stays in L1, while q and k are the traffic. Backward = the same kernel with conjugate set (sin negated).
 #include <algorithm>
-#include <initializer_list>
-#include <type_traits>
 
 #include "cuda_utils.cuh"
 #include "rotary/rotary_common.h"
@@ -91,30 +89,13 @@ __global__ void rotary_kernel(Params p) {
   }
 }
 
-// The widest access (up to 16 bytes) that divides every offset a work item starts at and every pointer.
+// The widest access (up to 16 bytes) that divides every offset a work item starts at (the lengths and all twelve
+// strides) and every pointer.
 template <typename T>
 int pick_vec(const Params& p) {
-  auto ok = [&](int v) {
-    for (int64_t n : {p.half * (p.interleaved ? 2 : 1), p.head_dim}) if (n % v) return false;
-    for (const int64_t* st : {p.sq, p.sk, p.sqo, p.sko})
-      for (int d = 0; d < 3; ++d) if (st[d] % v) return false;
-    for (const void* q : {p.q, p.k, static_cast<const void*>(p.q_out), static_cast<const void*>(p.k_out)})
-      if (reinterpret_cast<uintptr_t>(q) % (v * sizeof(T))) return false;
-    return true;
-  };
-  int vec = 16 / int(sizeof(T));
-  while (vec > 1 && !ok(vec)) vec /= 2;
-  return vec;
-}
-
-template <typename F>
-void dispatch_vec(int vec, F&& f) {
-  switch (vec) {
-    case 8: return f(std::integral_constant<int, 8>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    default: return f(std::integral_constant<int, 1>{});
-  }
+  return cuda::pick_vec<T>({p.half * (p.interleaved ? 2 : 1), p.head_dim, p.sq[0], p.sq[1], p.sq[2], p.sk[0],
+                            p.sk[1], p.sk[2], p.sqo[0], p.sqo[1], p.sqo[2], p.sko[0], p.sko[1], p.sko[2]},
+                           {p.q, p.k, p.q_out, p.k_out});
 }
 
 template <typename T>
@@ -125,14 +106,12 @@ void launch_typed(const Params& p, cudaStream_t stream) {
   const unsigned blocks = unsigned(p.batch * p.seqlen);
   auto go = [&](auto c) {
     using C = decltype(c);
-    dispatch_vec(vec, [&](auto v) {
+    dispatch_vec<T>(vec, [&](auto v) {
       constexpr int V = decltype(v)::value;
-      if constexpr (V * sizeof(T) <= 16) {
-        if (p.interleaved) {
-          rotary_kernel<T, C, V, true><<<blocks, threads, 0, stream>>>(p);
-        } else {
-          rotary_kernel<T, C, V, false><<<blocks, threads, 0, stream>>>(p);
-        }
+      if (p.interleaved) {
+        rotary_kernel<T, C, V, true><<<blocks, threads, 0, stream>>>(p);
+      } else {
+        rotary_kernel<T, C, V, false><<<blocks, threads, 0, stream>>>(p);
       }
     });
   };
@@ -143,11 +122,7 @@ void launch_typed(const Params& p, cudaStream_t stream) {
 
 void launch(const Params& p, cudaStream_t stream) {
   if (p.batch * p.seqlen == 0) return;
-  switch (p.dtype) {
-    case kFloat16: return launch_typed<__half>(p, stream);
-    case kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-    default: return launch_typed<float>(p, stream);
-  }
+  dispatch_dtype(p.dtype, [&](auto t) { launch_typed<decltype(t)>(p, stream); });
 }
 
 }  // namespace eurokernels::rotary

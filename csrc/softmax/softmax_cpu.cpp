@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -19,12 +20,6 @@ using cpu::Vec;
 
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
 
-void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == n, name, " must be [", rows, ", ", n, "], got ",
-              t.sizes());
-  TORCH_CHECK(n <= 1 || t.stride(1) == 1, name, " must be contiguous along its last dimension");
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
@@ -35,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
   at::Tensor y = cpu::empty_output({rows, n}, x.options());
   at::Tensor lse_t = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return {y, lse_t};
-  TORCH_CHECK(n > 0, "softmax over an empty dimension");
+  if (n == 0) return {y, lse_t.fill_(-std::numeric_limits<float>::infinity())};  // as torch.logsumexp
   EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_fwd_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -71,13 +66,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
 at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log) {
   CHECK_DEVICE(x, at::kCPU);
   CHECK_DIM(x, 2);
+  check_backward_args(dy, x, lse);
   const int64_t rows = x.size(0), n = x.size(1);
-  check_rows(x, "x", rows, n);
-  check_rows(dy, "dy", rows, n);
-  CHECK_DTYPE(dy, x.scalar_type());
-  CHECK_DTYPE(lse, at::kFloat);
-  CHECK_CONTIGUOUS(lse);
-  TORCH_CHECK(lse.numel() == rows, "lse must have ", rows, " elements");
   at::Tensor dx = cpu::empty_output({rows, n}, x.options());
   if (rows == 0 || n == 0) return dx;
   EK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "softmax_bwd_cpu", [&] {

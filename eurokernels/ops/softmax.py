@@ -3,19 +3,20 @@
 Registered ops:
   eurokernels::softmax           (x, log) -> (y, lse [rows] fp32)
   eurokernels::softmax_backward  (dy, x, lse, log) -> dx
-Backends: reference (eurokernels/reference.py), cpu (csrc/softmax/softmax_cpu.cpp, sharing the blockwise online
-softmax of csrc/cross_entropy/online_softmax_cpu.h), triton (eurokernels/triton/softmax.py). No cuda backend yet
-(the registry says so). The forward reads the input once for the log-sum-exp (online softmax) and once more for
-the output (from cache for rows that fit in L2). The backward recomputes p = exp(x - lse) in fp32 from the input and
-the saved lse rather than using the rounded output: with bf16 outputs on a 128K row, the output's rounding times
-sum(dy) made log_softmax's gradient several times less accurate than PyTorch's (measured); same traffic either way.
+Backends: reference (eurokernels/reference.py), cpu (csrc/softmax/softmax_cpu.cpp, sharing the blockwise online softmax
+of csrc/cross_entropy/online_softmax_cpu.h), triton (eurokernels/triton/softmax.py), cuda (csrc/softmax/softmax.cu,
+sharing the online softmax of csrc/online_softmax.cuh with the cross-entropy kernel). The forward reads the input once
+for the log-sum-exp (online softmax) and once more for the output (from cache for rows that fit in L2). The backward
+recomputes p = exp(x - lse) in fp32 from the input and the saved lse rather than using the rounded output: with bf16
+outputs on a 128K row, the output's rounding times sum(dy) made log_softmax's gradient several times less accurate than
+PyTorch's (measured); same traffic either way.
 """
 import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext
+from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
 
 
 def softmax(x, dim=-1, *, backend=None):
@@ -68,6 +69,7 @@ _fwd = define_op(
         "reference": ref.softmax,
         "cpu": _forward_2d(lambda *a: _cpu_ext().softmax_fwd(*a)),
         "triton": _forward_2d(lazy("eurokernels.triton.softmax", "forward")),
+        "cuda": _forward_2d(lambda *a: _cuda_ext().softmax_fwd(*a)),
     },
     fake=_fake,
 )
@@ -78,6 +80,7 @@ _bwd = define_op(
         "reference": ref.softmax_backward,
         "cpu": _backward_2d(lambda *a: _cpu_ext().softmax_bwd(*a)),
         "triton": _backward_2d(lazy("eurokernels.triton.softmax", "backward")),
+        "cuda": _backward_2d(lambda *a: _cuda_ext().softmax_bwd(*a)),
     },
     fake=_fake_backward,
 )
