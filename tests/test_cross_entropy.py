@@ -412,10 +412,12 @@ def test_linear_cross_entropy(device, backend, case, chunk_size):
         torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("token_chunk", [8, 64])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_linear_grad_in_forward(device, backend, reduction):
-    # The 3-matmul path: gradients computed in the forward over token chunks (ragged: 29 tokens in chunks of 8),
-    # d_weight accumulated in fp32, scaled in the backward by a non-unit upstream gradient.
+def test_linear_grad_in_forward(device, backend, reduction, token_chunk):
+    # The 3-matmul path: gradients computed in the forward over token chunks (8: ragged, 29 tokens in 4 chunks,
+    # d_weight accumulated in fp32; 64: one chunk, d_weight one matmul), scaled in the backward by a non-unit
+    # upstream gradient.
     n, hdim, v = 29, 24, 100
     h = torch.randn(n, hdim, device=device)
     w = torch.randn(v, hdim, device=device) * 0.3
@@ -424,8 +426,8 @@ def test_linear_grad_in_forward(device, backend, reduction):
     labels[[0, 5]] = IGNORE
     opts = dict(label_smoothing=0.1, z_loss=1e-2, softcap=4.0)
     ins = [t.clone().requires_grad_() for t in (h, w, b)]
-    loss = ek.linear_cross_entropy(ins[0], ins[1], labels, bias=ins[2], reduction=reduction, chunk_size=(8, 16),
-                                   grad_in_forward=True, backend=backend, **opts)
+    loss = ek.linear_cross_entropy(ins[0], ins[1], labels, bias=ins[2], reduction=reduction,
+                                   chunk_size=(token_chunk, 16), grad_in_forward=True, backend=backend, **opts)
     assert "grad_in_forward" in type(loss.grad_fn).__name__  # the path under test actually ran
     tru = [t.double().requires_grad_() for t in (h, w, b)]
     loss_t = linear_truth(*tru, labels, reduction, **opts)

@@ -27,10 +27,11 @@ dtype. The matmuls run in the inputs' dtype with fp32 accumulation inside each m
 vocabulary rows; per chunk one matmul for the logits [T, V], one kernel call computing loss, lse and the gradient
 of the logits in the same sweep (in place), then d_hidden of the chunk (one matmul, complete) and the chunk's share
 of d_weight, accumulated over token chunks in an fp32 [V, H] buffer (in vocabulary slices, so the temporary is
-small). 3 matmuls in all, all during the forward; the backward only scales the stored gradients by the upstream
-gradient of the (scalar) loss. Extra memory: the [T, V] chunk plus the fp32 [V, H] accumulator (twice a bf16
-weight) -- more than the default path, still far below N x V. Used for reduction "sum" / "mean" without
-return_lse when a gradient is needed; otherwise the default path runs.
+small; when all tokens fit in one chunk, d_weight is a single matmul and there is no buffer). 3 matmuls in all, all
+during the forward; the backward only scales the stored gradients by the upstream gradient of the (scalar) loss.
+Extra memory: the [T, V] chunk plus, with several chunks, the fp32 [V, H] accumulator (twice a bf16 weight) --
+more than the default path, still far below N x V. Used for reduction "sum" / "mean" without return_lse when a
+gradient is needed; otherwise the default path runs.
 """
 import torch
 
@@ -218,10 +219,14 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
         row_scale = row_scale / valid.sum().clamp(min=1)
     loss = torch.zeros((), dtype=torch.float32, device=dev)
     dh = torch.empty_like(hidden2)
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=dev)
+    one_chunk = n <= token_chunk
+    # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
+    # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
+    dw = torch.empty_like(weight) if one_chunk else torch.empty(weight.shape, dtype=torch.float32, device=dev)
     db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
     slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
-    tiles, dw_part = _Scratch(min(n, token_chunk) * v, dt, dev), _Scratch(slice_v * hdim, dt, dev)
+    tiles = _Scratch(min(n, token_chunk) * v, dt, dev)
+    dw_part = None if one_chunk else _Scratch(slice_v * hdim, dt, dev)
     for t0 in range(0, n, token_chunk):
         t1 = min(n, t0 + token_chunk)
         h = hidden2[t0:t1]
@@ -230,9 +235,16 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
                         z_loss, softcap, 0, v)  # logits now hold d_logits
         loss += (l_t * row_scale[t0:t1]).sum()
         torch.mm(logits, weight, out=dh[t0:t1])
-        for c0 in range(0, v, slice_v):
-            c1 = min(v, c0 + slice_v)
-            dw[c0:c1] += torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
+        if one_chunk:
+            torch.mm(logits.t(), h, out=dw)
+        else:
+            for c0 in range(0, v, slice_v):
+                c1 = min(v, c0 + slice_v)
+                part = torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
+                if t0 == 0:
+                    dw[c0:c1] = part  # the first chunk initializes: no zero fill of the fp32 buffer
+                else:
+                    dw[c0:c1] += part
         if db is not None:
             db += logits.sum(0, dtype=torch.float32)
     return loss, dh, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else weight.new_empty(0))
@@ -362,8 +374,17 @@ def _backward_grads(ctx, dloss, *_):
     if dloss is None:
         return (None,) * 11
     g = dloss.float()
-    scale = lambda t: (t.float() * g).to(t.dtype)  # one rounding (exact when g == 1, the usual case)
-    return (scale(dh), scale(dw), scale(db) if ctx.has_bias else None) + (None,) * 8
+    return (_scaled(dh, g), _scaled(dw, g), _scaled(db, g) if ctx.has_bias else None) + (None,) * 8
+
+
+def _scaled(t, g, step=1 << 24):
+    """t * g with one rounding (exact when g == 1, the usual case; no host sync to find out), in slices of ``step``
+    elements: the fp32 temporary of a whole [V, H] weight gradient would be twice the gradient itself."""
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    src, dst = t.reshape(-1), out.view(-1)
+    for i in range(0, src.numel(), step):
+        torch.mul(src[i:i + step].float(), g, out=dst[i:i + step])
+    return out
 
 
 _fwd_grads.register_autograd(_backward_grads, setup_context=_setup_context_grads)
