@@ -15,6 +15,7 @@
 #include "common.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_checks.h"
 #include "cross_entropy/cross_entropy_common.h"
 #include "cross_entropy/online_softmax_cpu.h"
 
@@ -88,30 +89,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total) {
-  CHECK_DEVICE(logits, at::kCPU);
-  CHECK_DIM(logits, 2);
-  CHECK_LASTDIM_CONTIGUOUS(logits);
+  check_args(logits, labels, lse_in, row_scale, dlse, grad_out, at::kCPU);
   const int64_t rows = logits.size(0), n = logits.size(1);
-  CHECK_DTYPE(labels, at::kLong);
-  CHECK_CONTIGUOUS(labels);
-  TORCH_CHECK(labels.numel() == rows, "labels must have ", rows, " elements");
-  auto check_row_vector = [&](const std::optional<at::Tensor>& t, const char* name) {
-    if (!t) return;
-    CHECK_DTYPE(*t, at::kFloat);
-    CHECK_CONTIGUOUS(*t);
-    TORCH_CHECK(t->numel() == rows, name, " must have ", rows, " elements");
-  };
-  check_row_vector(lse_in, "lse_in");
-  check_row_vector(row_scale, "row_scale");
-  check_row_vector(dlse, "dlse");
-  if (grad_out) {
-    TORCH_CHECK(row_scale, "a gradient needs row_scale");
-    TORCH_CHECK(grad_out->dim() == 2 && grad_out->size(0) == rows && grad_out->size(1) == n,
-                "grad_out must be [", rows, ", ", n, "]");
-    CHECK_LASTDIM_CONTIGUOUS(*grad_out);
-    CHECK_DTYPE(*grad_out, logits.scalar_type());
-  }
-  TORCH_CHECK(lse_in || !dlse, "dlse is only used by the backward (with lse_in)");
   const Options o{ignore_index, vocab_start, vocab_total, static_cast<float>(label_smoothing),
                   static_cast<float>(z_loss), static_cast<float>(softcap)};
   const int64_t* lp = labels.const_data_ptr<int64_t>();

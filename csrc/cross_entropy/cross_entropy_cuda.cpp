@@ -4,8 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "common.h"
 #include "cross_entropy/cross_entropy.h"
+#include "cross_entropy/cross_entropy_checks.h"
 #include "cross_entropy/cross_entropy_launch.h"
 #include "cuda_utils_host.h"
 
@@ -16,26 +16,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total) {
-  CHECK_DEVICE(logits, at::kCUDA);
-  CHECK_DIM(logits, 2);
-  CHECK_LASTDIM_CONTIGUOUS(logits);
+  check_args(logits, labels, lse_in, row_scale, dlse, grad_out, at::kCUDA);
   const int64_t rows = logits.size(0), n = logits.size(1);
-  CHECK_DTYPE(labels, at::kLong);
-  CHECK_CONTIGUOUS(labels);
-  TORCH_CHECK(labels.numel() == rows, "labels must have ", rows, " elements");
-  for (const auto* t : {&lse_in, &row_scale, &dlse}) {
-    if (!*t) continue;
-    CHECK_DTYPE(**t, at::kFloat);
-    CHECK_CONTIGUOUS(**t);
-    TORCH_CHECK((*t)->numel() == rows, "row vectors must have ", rows, " elements");
-  }
-  if (grad_out) {
-    TORCH_CHECK(row_scale, "a gradient needs row_scale");
-    TORCH_CHECK(grad_out->dim() == 2 && grad_out->size(0) == rows && grad_out->size(1) == n,
-                "grad_out must be [", rows, ", ", n, "]");
-    CHECK_LASTDIM_CONTIGUOUS(*grad_out);
-    CHECK_DTYPE(*grad_out, logits.scalar_type());
-  }
   const c10::cuda::CUDAGuard guard(logits.device());
   const bool backward = lse_in.has_value();
   at::Tensor loss = at::empty({backward ? 0 : rows}, logits.options().dtype(at::kFloat));

@@ -6,7 +6,7 @@ sliding windows, Gemma-2 softcapping, packed variable-length documents (cu_seqle
 Registered ops (schema below):
   eurokernels::attention           -> (out, lse)
   eurokernels::attention_backward  -> (dq, dk, dv)
-Backends: reference (eurokernels/reference.py), cpu (csrc/attention/attention_cpu.cpp),
+Backends: reference (eurokernels/reference.py), cpu (csrc/attention/attention_cpu_{fwd,bwd}.cpp),
 triton (eurokernels/triton/attention.py). No cuda backend yet (a CUDA C++ kernel has its own issue): asking for it
 raises NotImplementedError.
 

@@ -46,6 +46,74 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _program(CU_Q, CU_K, n_heads):
+    """This program's head (axis 0 = document x head) and its document's first query and key token (int64: total
+    tokens x strides can pass 2^31) and lengths (int32: offsets inside a document stay int32)."""
+    doc = tl.program_id(0) // n_heads
+    q0 = tl.load(CU_Q + doc)
+    k0 = tl.load(CU_K + doc)
+    return (tl.program_id(0) % n_heads, q0.to(tl.int64), tl.load(CU_Q + doc + 1) - q0, k0.to(tl.int64),
+            tl.load(CU_K + doc + 1) - k0)
+
+
+@triton.jit
+def _band(start, n, n_other, shift, before, after, BLOCK: tl.constexpr, BLOCK_OTHER: tl.constexpr):
+    """Rows of the other side that the block [start, start + BLOCK) of this side (n long) may see: [lo_blk, end),
+    lo_blk rounded down to a multiple of BLOCK_OTHER (empty when end == lo_blk), and the block's last row. A query
+    i sees the keys [i + shift - left, i + shift + right] (shift = sk - sq): (n, n_other, shift, before, after) =
+    (sq, sk, shift, left, right). A key j is seen by the queries [j - shift - right, j - shift + left]: the same
+    with (sk, sq, -shift, right, left)."""
+    last = tl.minimum(start + BLOCK, n) - 1
+    lo = tl.maximum(start + shift - before, 0)
+    hi = tl.minimum(last + shift + after + 1, n_other)
+    lo_blk = lo // BLOCK_OTHER * BLOCK_OTHER
+    return lo_blk, tl.where(hi > lo, hi, lo_blk), last
+
+
+@triton.jit
+def _visible(offs_q, offs_k, valid, shift, window_left, window_right):
+    """Whether query offs_q sees key offs_k (broadcast shapes; query i sits at key i + shift, shift = sk - sq);
+    valid: where both exist (at least offs_k < sk)."""
+    pos = offs_q + shift
+    return valid & (offs_k >= pos - window_left) & (offs_k <= pos + window_right)
+
+
+@triton.jit
+def _load_rows(PTR, stride_tok, offs, n, offs_d, d_mask, TRANSPOSE: tl.constexpr):
+    """Rows offs (< n) of a [tokens, d] slice with a unit stride along d, zero-padded: [rows, d] or, transposed,
+    [d, rows]."""
+    if TRANSPOSE:
+        return tl.load(PTR + offs[None, :] * stride_tok + offs_d[:, None],
+                       mask=d_mask[:, None] & (offs[None, :] < n), other=0.0)
+    else:
+        return tl.load(PTR + offs[:, None] * stride_tok + offs_d[None, :],
+                       mask=(offs[:, None] < n) & d_mask[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(PTR, start, head, n_heads, head_dim, offs, n, offs_d, d_mask, x):
+    """x [rows, d] into rows start + offs (offs < n) of head `head` of a contiguous [tokens, n_heads, head_dim]."""
+    stride_tok = n_heads * head_dim
+    tl.store(PTR + start * stride_tok + head * head_dim + offs[:, None] * stride_tok + offs_d[None, :],
+             cast_to(x, PTR.dtype.element_ty), mask=(offs[:, None] < n) & d_mask[None, :])
+
+
+@triton.jit
+def _probs(s, lse, visible):
+    """The backward's P = exp2(s - lse) where visible, else 0 (s, lse in log2 units)."""
+    return tl.where(visible, tl.exp2(s - lse), 0.0)
+
+
+@triton.jit
+def _dscores(p, dp, delta, t, HAS_SOFTCAP: tl.constexpr):
+    """dS = P (dP - delta), times tanh' = 1 - t^2 under a soft cap (the gradient w.r.t. the raw scores)."""
+    ds = p * (dp - delta)
+    if HAS_SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    return ds
+
+
+@triton.jit
 def _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, start, end, offs_m, offs_d, d_mask,
                 sk, shift, window_left, window_right, qk_scale, softcap,
                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -53,21 +121,18 @@ def _fwd_blocks(acc, m_i, l_i, q, K_DOC, V_DOC, stride_k_tok, stride_v_tok, star
     """Online-softmax update of one query block over the key blocks [start, end)."""
     for start_n in range(start, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kt = tl.load(K_DOC + offs_n[None, :] * stride_k_tok + offs_d[:, None],
-                     mask=d_mask[:, None] & (offs_n[None, :] < sk), other=0.0)
+        kt = _load_rows(K_DOC, stride_k_tok, offs_n, sk, offs_d, d_mask, True)
         s, _ = _scores(tl.dot(q, kt, input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
         if MASKED:
-            pos = offs_m[:, None] + shift
-            visible = (offs_n[None, :] < sk) & (offs_n[None, :] >= pos - window_left) & \
-                      (offs_n[None, :] <= pos + window_right)
+            visible = _visible(offs_m[:, None], offs_n[None, :], offs_n[None, :] < sk, shift, window_left,
+                               window_right)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: p = exp2(-inf) = 0
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V_DOC + offs_n[:, None] * stride_v_tok + offs_d[None, :],
-                    mask=(offs_n[:, None] < sk) & d_mask[None, :], other=0.0)
+        v = _load_rows(V_DOC, stride_v_tok, offs_n, sk, offs_d, d_mask, False)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -85,14 +150,7 @@ def attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    doc = pid // n_heads_q
-    head = pid % n_heads_q
-    # int64 document offsets (total tokens x strides can pass 2^31); offsets inside a document stay int32.
-    q_start = tl.load(CU_Q + doc).to(tl.int64)
-    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
-    k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    head, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_q)
     i0 = tl.program_id(1) * BLOCK_M
     if i0 >= sq:
         return
@@ -100,18 +158,13 @@ def attention_fwd_kernel(
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < head_dim
-    m_mask = offs_m < sq
-    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    q = _load_rows(Q + q_start * stride_q_tok + head * stride_q_head, stride_q_tok, offs_m, sq, offs_d, d_mask, False)
     K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
     V_DOC = V + k_start * stride_v_tok + (head // group) * stride_v_head
 
-    # Keys this block sees: [lo, hi); every key of [full_lo, full_hi) is seen by every row of the block.
-    i_last = tl.minimum(i0 + BLOCK_M, sq) - 1
-    lo = tl.maximum(i0 + shift - window_left, 0)
-    hi = tl.minimum(i_last + shift + window_right + 1, sk)
-    lo_blk = lo // BLOCK_N * BLOCK_N
-    hi_blk = tl.where(hi > lo, tl.cdiv(hi, BLOCK_N) * BLOCK_N, lo_blk)
+    # Key blocks this block sees: [lo_blk, hi_blk); every key of [full_lo, full_hi) is seen by every row of the block.
+    lo_blk, end, i_last = _band(i0, sq, sk, shift, window_left, window_right, BLOCK_M, BLOCK_N)
+    hi_blk = tl.cdiv(end, BLOCK_N) * BLOCK_N  # lo_blk when empty (a multiple of BLOCK_N)
     full_lo = tl.maximum(i_last + shift - window_left, 0)
     full_hi = tl.minimum(i0 + shift + window_right + 1, sk)
     fs = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N) * BLOCK_N, lo_blk), hi_blk)
@@ -132,11 +185,9 @@ def attention_fwd_kernel(
 
     seen = l_i > 0.0
     out = acc * tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)[:, None]
-    stride_o_tok = n_heads_q * head_dim
-    tl.store(O + q_start * stride_o_tok + head * head_dim + offs_m[:, None] * stride_o_tok + offs_d[None, :],
-             cast_to(out, O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    _store_rows(O, q_start, head, n_heads_q, head_dim, offs_m, sq, offs_d, d_mask, out)
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + (head * total_q + q_start) + offs_m, lse, mask=m_mask)
+    tl.store(LSE + (head * total_q + q_start) + offs_m, lse, mask=offs_m < sq)
 
 
 @triton.jit
@@ -180,13 +231,7 @@ def attention_bwd_dkdv_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One key block of one kv head: dV = sum P^T dO, dK = scale sum dS^T Q over the query heads of its group.
-    pid = tl.program_id(0)
-    doc = pid // n_heads_k
-    head_k = pid % n_heads_k
-    q_start = tl.load(CU_Q + doc).to(tl.int64)
-    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
-    k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    head_k, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_k)
     j0 = tl.program_id(1) * BLOCK_N
     if j0 >= sk:
         return
@@ -194,19 +239,11 @@ def attention_bwd_dkdv_kernel(
     offs_n = j0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < head_dim
-    n_mask = offs_n < sk
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(K + k_start * stride_k_tok + head_k * stride_k_head + offs_n[:, None] * stride_k_tok + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + k_start * stride_v_tok + head_k * stride_v_head + offs_n[:, None] * stride_v_tok + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k = _load_rows(K + k_start * stride_k_tok + head_k * stride_k_head, stride_k_tok, offs_n, sk, offs_d, d_mask, False)
+    v = _load_rows(V + k_start * stride_v_tok + head_k * stride_v_head, stride_v_tok, offs_n, sk, offs_d, d_mask, False)
     DTYPE = k.dtype
-    # Queries that see this block: [lo, hi).
-    j_last = tl.minimum(j0 + BLOCK_N, sk) - 1
-    lo = tl.maximum(j0 - shift - window_right, 0)
-    hi = tl.minimum(j_last - shift + window_left + 1, sq)
-    lo_blk = lo // BLOCK_M * BLOCK_M
-    hi_blk = tl.where(hi > lo, hi, lo_blk)
+    # Query blocks that see this block: [lo_blk, hi_blk).
+    lo_blk, hi_blk, _ = _band(j0, sk, sq, -shift, window_right, window_left, BLOCK_N, BLOCK_M)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(0, group):
@@ -216,23 +253,22 @@ def attention_bwd_dkdv_kernel(
         for start_m in range(lo_blk, hi_blk, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             m_mask = offs_m < sq
-            q_mask = m_mask[:, None] & d_mask[None, :]
-            q = tl.load(Q_DOC + offs_m[:, None] * stride_q_tok + offs_d[None, :], mask=q_mask, other=0.0)
-            do = tl.load(DO_DOC + offs_m[:, None] * stride_do_tok + offs_d[None, :], mask=q_mask, other=0.0)
+            q = _load_rows(Q_DOC, stride_q_tok, offs_m, sq, offs_d, d_mask, False)
+            do = _load_rows(DO_DOC, stride_do_tok, offs_m, sq, offs_d, d_mask, False)
             lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, m_mask)
+            # Transposed scores [keys, queries].
             st, t = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
-            pos = offs_m[None, :] + shift
-            visible = m_mask[None, :] & n_mask[:, None] & (offs_n[:, None] >= pos - window_left) & \
-                      (offs_n[:, None] <= pos + window_right)
-            pt = tl.where(visible, tl.exp2(st - lse[None, :]), 0.0)
+            visible = _visible(offs_m[None, :], offs_n[:, None], m_mask[None, :] & (offs_n[:, None] < sk), shift,
+                               window_left, window_right)
+            pt = _probs(st, lse[None, :], visible)
             dv = tl.dot(pt.to(DTYPE), do, dv, input_precision=DOT_PRECISION)
             dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            dst = pt * (dpt - delta[None, :])
-            if HAS_SOFTCAP:
-                dst = dst * (1.0 - t * t)
+            dst = _dscores(pt, dpt, delta[None, :], t, HAS_SOFTCAP)
             dk = tl.dot(dst.to(DTYPE), q, dk, input_precision=DOT_PRECISION)
+    # Not _store_rows: one int64 offset tile for both stores takes ~20 fewer registers at head_dim 256 (sm_80/90).
     base = k_start * (n_heads_k * head_dim) + head_k * head_dim
     out = offs_n[:, None] * (n_heads_k * head_dim) + offs_d[None, :]
+    kv_mask = (offs_n[:, None] < sk) & d_mask[None, :]
     tl.store(DK + base + out, cast_to(dk * scale, DTYPE), mask=kv_mask)
     tl.store(DV + base + out, cast_to(dv, DTYPE), mask=kv_mask)
 
@@ -251,13 +287,7 @@ def attention_bwd_dq_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # One query block of one head: dQ = scale sum dS K over the key blocks it sees.
-    pid = tl.program_id(0)
-    doc = pid // n_heads_q
-    head = pid % n_heads_q
-    q_start = tl.load(CU_Q + doc).to(tl.int64)
-    sq = tl.load(CU_Q + doc + 1) - tl.load(CU_Q + doc)
-    k_start = tl.load(CU_K + doc).to(tl.int64)
-    sk = tl.load(CU_K + doc + 1) - tl.load(CU_K + doc)
+    head, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_q)
     i0 = tl.program_id(1) * BLOCK_M
     if i0 >= sq:
         return
@@ -265,40 +295,26 @@ def attention_bwd_dq_kernel(
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < head_dim
-    m_mask = offs_m < sq
-    q_mask = m_mask[:, None] & d_mask[None, :]
-    q = tl.load(Q + q_start * stride_q_tok + head * stride_q_head + offs_m[:, None] * stride_q_tok + offs_d[None, :],
-                mask=q_mask, other=0.0)
-    do = tl.load(DO + q_start * stride_do_tok + head * stride_do_head + offs_m[:, None] * stride_do_tok
-                 + offs_d[None, :], mask=q_mask, other=0.0)
+    q = _load_rows(Q + q_start * stride_q_tok + head * stride_q_head, stride_q_tok, offs_m, sq, offs_d, d_mask, False)
+    do = _load_rows(DO + q_start * stride_do_tok + head * stride_do_head, stride_do_tok, offs_m, sq, offs_d, d_mask,
+                    False)
     DTYPE = q.dtype
-    lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, m_mask)
+    lse, delta = _row_stats(LSE, DELTA, head * total_q + q_start, offs_m, offs_m < sq)
     K_DOC = K + k_start * stride_k_tok + (head // group) * stride_k_head
     V_DOC = V + k_start * stride_v_tok + (head // group) * stride_v_head
-    i_last = tl.minimum(i0 + BLOCK_M, sq) - 1
-    lo = tl.maximum(i0 + shift - window_left, 0)
-    hi = tl.minimum(i_last + shift + window_right + 1, sk)
-    lo_blk = lo // BLOCK_N * BLOCK_N
-    hi_blk = tl.where(hi > lo, hi, lo_blk)
+    lo_blk, hi_blk, _ = _band(i0, sq, sk, shift, window_left, window_right, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo_blk, hi_blk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = d_mask[:, None] & (offs_n[None, :] < sk)
-        kt = tl.load(K_DOC + offs_n[None, :] * stride_k_tok + offs_d[:, None], mask=kv_mask, other=0.0)
-        vt = tl.load(V_DOC + offs_n[None, :] * stride_v_tok + offs_d[:, None], mask=kv_mask, other=0.0)
+        kt = _load_rows(K_DOC, stride_k_tok, offs_n, sk, offs_d, d_mask, True)
+        vt = _load_rows(V_DOC, stride_v_tok, offs_n, sk, offs_d, d_mask, True)
         s, t = _scores(tl.dot(q, kt, input_precision=DOT_PRECISION), qk_scale, softcap, HAS_SOFTCAP)
-        pos = offs_m[:, None] + shift
-        visible = (offs_n[None, :] < sk) & (offs_n[None, :] >= pos - window_left) & \
-                  (offs_n[None, :] <= pos + window_right)
-        p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+        visible = _visible(offs_m[:, None], offs_n[None, :], offs_n[None, :] < sk, shift, window_left, window_right)
+        p = _probs(s, lse[:, None], visible)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        if HAS_SOFTCAP:
-            ds = ds * (1.0 - t * t)
+        ds = _dscores(p, dp, delta[:, None], t, HAS_SOFTCAP)
         dq = tl.dot(ds.to(DTYPE), tl.trans(kt), dq, input_precision=DOT_PRECISION)
-    tl.store(DQ + q_start * (n_heads_q * head_dim) + head * head_dim + offs_m[:, None] * (n_heads_q * head_dim)
-             + offs_d[None, :],
-             cast_to(dq * scale, DTYPE), mask=q_mask)
+    _store_rows(DQ, q_start, head, n_heads_q, head_dim, offs_m, sq, offs_d, d_mask, dq * scale)
 
 
 # ---- launch configurations ---------------------------------------------------------------------------------------
@@ -353,38 +369,44 @@ def config(kernel, head_dim, device, dtype):
     return (GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS)[kernel][block_d(head_dim)]
 
 
-def _mask_args(left, right):
-    return (UNBOUNDED if left < 0 else left), (UNBOUNDED if right < 0 else right)
-
-
-def _scale_args(scale, softcap):
-    """(qk_scale, softcap) as the kernels take them: scores in log2 units (see _scores)."""
-    return (scale / softcap, softcap) if softcap > 0 else (scale * LOG2E, 0.0)
-
-
 def _precision(dtype):
     # fp32 inputs: exact fp32 products, as the reference (NVIDIA would default to tf32); fp16/bf16: the default.
     return "ieee" if dtype == torch.float32 else None
+
+
+def _with_strides(*tensors):
+    """(t, t.stride(0), t.stride(1)) for each [tokens, heads, d] tensor, as the kernels take them."""
+    return tuple(x for t in tensors for x in (t, t.stride(0), t.stride(1)))
+
+
+def _launch(kernel, name, pointers, n_heads, max_len, q, k, cu_q, cu_k, softmax_scale, left, right, softcap,
+            **scalars):
+    """Launches the forward, dk/dv or dq kernel (`name`, its key in GPU_CONFIGS): grid (document x head, blocks of
+    max_len queries or keys), then the arguments the three share; `scalars` are the kernel's own (scale).
+    Nothing to compute (no document, empty sequences): no launch."""
+    total_q, hq, d = q.shape
+    cfg = config(name, d, q.device, q.dtype)  # refuses fp32 head dims the configs do not cover, even with no work
+    n_docs = cu_q.shape[0] - 1
+    if n_docs <= 0 or max_len <= 0 or total_q == 0:
+        return
+    # Scores in log2 units (see _scores); a window side of -1 (unbounded) becomes UNBOUNDED tokens.
+    qk_scale, cap = (softmax_scale / softcap, softcap) if softcap > 0 else (softmax_scale * LOG2E, 0.0)
+    grid = (n_docs * n_heads, triton.cdiv(max_len, cfg.block_n if name == "dkdv" else cfg.block_m))
+    kernel[grid](
+        *pointers, cu_q, cu_k, total_q, n_heads, group=hq // k.shape[1], head_dim=d, qk_scale=qk_scale, softcap=cap,
+        window_left=UNBOUNDED if left < 0 else left, window_right=UNBOUNDED if right < 0 else right, **scalars,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
+        DOT_PRECISION=_precision(q.dtype), num_warps=cfg.num_warps)
 
 
 def forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
     """q [total_q, hq, d], k/v [total_k, hk, d] (unit stride along d), int32 cu_seqlens -> (out, lse [hq, total_q]).
     Rows outside every document are zero (lse -inf)."""
     total_q, hq, d = q.shape
-    hk = k.shape[1]
-    n_docs = cu_q.shape[0] - 1
     out = torch.zeros((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.full((hq, total_q), float("-inf"), dtype=torch.float32, device=q.device)
-    cfg = config("fwd", d, q.device, q.dtype)
-    if n_docs <= 0 or max_q <= 0 or total_q == 0:
-        return out, lse
-    wl, wr = _mask_args(left, right)
-    qk_scale, cap = _scale_args(scale, softcap)
-    attention_fwd_kernel[(n_docs * hq, triton.cdiv(max_q, cfg.block_m))](
-        q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1), out, lse,
-        cu_q, cu_k, total_q, hq, hq // hk, d, qk_scale, cap, wl, wr,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
-        DOT_PRECISION=_precision(q.dtype), num_warps=cfg.num_warps)
+    _launch(attention_fwd_kernel, "fwd", (*_with_strides(q, k, v), out, lse), hq, max_q, q, k, cu_q, cu_k, scale,
+            left, right, softcap)
     return out, lse
 
 
@@ -401,23 +423,13 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     rows = preprocess_block_m(block_d(d))
     attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, rows))](
-        out, out.stride(0), out.stride(1), dout, dout.stride(0), dout.stride(1), delta, total_q, d,
-        BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
-    wl, wr = _mask_args(left, right)
-    qk_scale, cap = _scale_args(scale, softcap)
-    common = dict(BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0, DOT_PRECISION=_precision(q.dtype))
-    strides = (q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0), v.stride(1),
-               dout, dout.stride(0), dout.stride(1), lse, delta)
+        *_with_strides(out, dout), delta, total_q, d, BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
+    inputs = (*_with_strides(q, k, v, dout), lse, delta)
+    args = (q, k, cu_q, cu_k, scale, left, right, softcap)
     if max_k > 0:
-        cfg = config("dkdv", d, q.device, q.dtype)
-        attention_bwd_dkdv_kernel[(n_docs * hk, triton.cdiv(max_k, cfg.block_n))](
-            *strides, dk, dv, cu_q, cu_k, total_q, hk, hq // hk, d, qk_scale, cap, scale, wl, wr,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
+        _launch(attention_bwd_dkdv_kernel, "dkdv", (*inputs, dk, dv), hk, max_k, *args, scale=scale)
     if max_q > 0:
-        cfg = config("dq", d, q.device, q.dtype)
-        attention_bwd_dq_kernel[(n_docs * hq, triton.cdiv(max_q, cfg.block_m))](
-            *strides, dq, cu_q, cu_k, total_q, hq, hq // hk, d, qk_scale, cap, scale, wl, wr,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **common)
+        _launch(attention_bwd_dq_kernel, "dq", (*inputs, dq), hq, max_q, *args, scale=scale)
     return dq, dk, dv
 
 
