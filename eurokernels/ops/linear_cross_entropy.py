@@ -40,7 +40,7 @@ from .. import reference as ref
 from .._registry import define_op
 from .cross_entropy import KERNELS, _check, _check_labels_on_cpu, reduce_loss
 
-DEFAULT_CHUNKS = (4096, 16384)  # (tokens, vocabulary) per tile: 128 MB of bf16 logits at most (wide tiles: CPU matmuls)
+DEFAULT_CHUNKS = (4096, 8192)  # (tokens, vocabulary) per tile: 64 MB of bf16 logits at most (still wide for CPU matmuls)
 FORWARD_GRAD_CHUNK_ELEMENTS = 1 << 27  # grad_in_forward: tokens per chunk = this // V (256 MB of bf16 logits)
 
 
@@ -54,7 +54,7 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
         weight: ``[V, H]``, the LM head (same dtype as hidden). bias: ``[V]`` or None.
         labels: ``[...]`` (hidden's leading shape) int64 / int32 class indices, or ignore_index.
         ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse: as in eurokernels.cross_entropy.
-        chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (4096, 16384).
+        chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (4096, 8192).
             Extra memory is about one tile of logits, independent of N x V. With grad_in_forward, the tokens per
             chunk (default: 2^27 // V, about 1000 at V = 128K: CPU matmuls need tall chunks).
         grad_in_forward: 3 matmuls instead of 4, gradients computed in the forward, at the cost of an fp32
