@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "attention/attention.h"
+#include "cpu_avx512.h"
 #include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
@@ -20,4 +21,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
+  // The AVX-512 exp path of the softmax-family kernels (cpu_avx512.h): on by default where ATen and the CPU have
+  // AVX-512; tests switch it off to check the AVX2 path on the same machine.
+#if EK_HAVE_AVX512
+  m.def("cpu_avx512_enabled", &eurokernels::cpu::avx512::enabled, "Whether the AVX-512 exp path is on");
+  m.def("set_cpu_avx512", &eurokernels::cpu::avx512::set_enabled, "Switch the AVX-512 exp path; returns the state");
+#else
+  m.def("cpu_avx512_enabled", [] { return false; }, "Whether the AVX-512 exp path is on");
+  m.def("set_cpu_avx512", [](bool) { return false; }, "Switch the AVX-512 exp path; returns the state");
+#endif
 }

@@ -43,6 +43,15 @@ inline std::tuple<Vec, Vec> round2(const Vec& a, const Vec& b) {
   }
 }
 
+// Fill a row with one value (a zero gradient, or NaN for a row whose lse is NaN).
+template <typename T>
+inline void fill_row(T* p, int64_t n, float v) {
+  const Vec vv(v);
+  int64_t i = 0;
+  for (; i + kStep <= n; i += kStep) store2(p + i, vv, vv);
+  for (; i < n; ++i) p[i] = static_cast<T>(v);
+}
+
 template <typename T>
 inline float round1(float v) {
   return static_cast<float>(static_cast<T>(v));

@@ -32,12 +32,26 @@ template <typename T>
 void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_t target, float softcap) {
   const float xt = target >= 0 ? static_cast<float>(x[target]) : 0.f;
   if (c.p == 0.f && c.u == 0.f && c.t == 0.f) {  // ignored row: a zero gradient
-    const Vec zero(0.f);
-    int64_t i = 0;
-    for (; i + kStep <= n; i += kStep) cpu::store2(dx + i, zero, zero);
-    for (; i < n; ++i) dx[i] = static_cast<T>(0.f);
+    cpu::fill_row(dx, n, 0.f);
     return;
   }
+  if (std::isnan(lse)) {  // a NaN logit: a NaN row, as PyTorch (at::vec's exp_u20 would turn NaN into inf)
+    cpu::fill_row(dx, n, lse);
+    return;
+  }
+  auto scalar = [&](float v, float true_class) {
+    const float t = softcap == 0.f ? 0.f : std::tanh(v / softcap);
+    const float z = softcap == 0.f ? v : softcap * t;
+    const float d = c.p * std::exp(z - lse) - c.u - true_class;
+    return softcap == 0.f ? d : d * (1.f - t * t);
+  };
+#if EK_HAVE_AVX512
+  if (softcap == 0.f && cpu::avx512::enabled()) {
+    cpu::avx512::exp_affine_row(x, dx, n, lse, c.p, c.u);
+    if (target >= 0) dx[target] = static_cast<T>(scalar(xt, c.t));
+    return;
+  }
+#endif
   const Vec vlse(lse), vp(c.p), vu(c.u), one(1.f), vcap(softcap), inv_cap(softcap != 0.f ? 1.f / softcap : 0.f);
   auto element = [&](const Vec& v) {
     if (softcap == 0.f) return vp * (v - vlse).exp_u20() - vu;
@@ -49,12 +63,6 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
     auto [a, b] = cpu::load2(x + i);
     cpu::store2(dx + i, element(a), element(b));
   }
-  auto scalar = [&](float v, float true_class) {
-    const float t = softcap == 0.f ? 0.f : std::tanh(v / softcap);
-    const float z = softcap == 0.f ? v : softcap * t;
-    const float d = c.p * std::exp(z - lse) - c.u - true_class;
-    return softcap == 0.f ? d : d * (1.f - t * t);
-  };
   for (; i < n; ++i) dx[i] = static_cast<T>(scalar(static_cast<float>(x[i]), 0.f));
   if (target >= 0) dx[target] = static_cast<T>(scalar(xt, c.t));
 }

@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -43,6 +44,16 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
         scalar_t* yr = yp + r * n;
         const float lse = cpu::online_stats(xr, n, 0.f, false, buf.data()).lse;
         lp[r] = lse;
+        if (!log && std::isnan(lse)) {  // a NaN input: a NaN row, as PyTorch (at::vec's exp_u20 gives inf)
+          cpu::fill_row(yr, n, lse);
+          continue;
+        }
+#if EK_HAVE_AVX512
+        if (!log && cpu::avx512::enabled()) {
+          cpu::avx512::exp_affine_row(xr, yr, n, lse, 1.f, 0.f);
+          continue;
+        }
+#endif
         const Vec vl(lse);
         int64_t i = 0;
         for (; i + kStep <= n; i += kStep) {
@@ -82,6 +93,20 @@ at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Ten
         const scalar_t* xr = xp + r * sx;
         scalar_t* out = dxp + r * n;
         const float lse_r = lp[r];
+        if (std::isnan(lse_r)) {
+          cpu::fill_row(out, n, lse_r);
+          continue;
+        }
+#if EK_HAVE_AVX512
+        if (cpu::avx512::enabled()) {
+          if (log) {
+            cpu::avx512::softmax_backward_row<scalar_t, true>(d, xr, out, n, lse_r);
+          } else {
+            cpu::avx512::softmax_backward_row<scalar_t, false>(d, xr, out, n, lse_r);
+          }
+          continue;
+        }
+#endif
         const Vec vl(lse_r);
         // p = exp(x - lse). softmax: c = sum(dy * p), dx = p * (dy - c);  log_softmax: c = sum(dy), dx = dy - p * c
         Vec acc(0.f);
