@@ -438,6 +438,22 @@ def test_linear_grad_in_forward(device, backend, reduction, token_chunk):
         torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_linear_grad_in_forward_upstream_scaling(device):
+    # The backward scales the forward's gradients by the upstream gradient with one rounding (on CPU one bf16
+    # multiply read in fp32), and leaves the saved gradients intact for a second backward (retain_graph).
+    h = torch.randn(12, 8, device=device).bfloat16().requires_grad_()
+    w = torch.randn(30, 8, device=device).bfloat16().requires_grad_()
+    labels = torch.randint(0, 30, (12,), device=device)
+    loss = ek.linear_cross_entropy(h, w, labels, grad_in_forward=True)
+    (loss.float() * 3.0).backward(retain_graph=True)
+    g3 = h.grad.clone()
+    h.grad = None
+    (loss.float() * 0.75).backward()  # (a bf16 loss receives a bf16 gradient: use factors bf16 holds)
+    unit = torch.autograd.grad(ek.linear_cross_entropy(h, w, labels, grad_in_forward=True), h)[0]
+    torch.testing.assert_close(g3, (unit.float() * 3.0).bfloat16(), atol=0, rtol=0)
+    torch.testing.assert_close(h.grad, (unit.float() * 0.75).bfloat16(), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_linear_cross_entropy_low_precision(device, backend, dtype):
     # Against fp64 truth on the same low-precision inputs, bounded by F.linear + F.cross_entropy's own error in that

@@ -378,8 +378,15 @@ def _backward_grads(ctx, dloss, *_):
 
 
 def _scaled(t, g, step=1 << 24):
-    """t * g with one rounding (exact when g == 1, the usual case; no host sync to find out), in slices of ``step``
-    elements: the fp32 temporary of a whole [V, H] weight gradient would be twice the gradient itself."""
+    """t * g with one rounding (exact when g == 1, the usual case; no host sync to find out).
+
+    On CPU one multiply: PyTorch's CPU kernels read a 0-dim CPU g in fp32 (opmath), so t * g is rounded once
+    (checked bit for bit in the tests), with no fp32 temporary. (Not in place on the saved gradient: autograd's
+    functionalization forbids mutating a forward output in the backward, and a retained graph would see it.)
+    Elsewhere through fp32 in slices of ``step`` elements: the fp32 temporary of a whole [V, H] weight gradient
+    would be twice the gradient itself."""
+    if t.device.type == "cpu" and g.device.type == "cpu" and g.dim() == 0:
+        return torch.mul(t, g)
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
     src, dst = t.reshape(-1), out.view(-1)
     for i in range(0, src.numel(), step):
