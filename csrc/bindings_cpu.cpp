@@ -19,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_fwd", &at_::forward_cpu, "Attention forward (CPU)");
   m.def("attention_bwd", &at_::backward_cpu, "Attention backward (CPU)");
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
+  m.def("accumulate", &eurokernels::cross_entropy::accumulate_cpu, "acc += part, or out = round(acc + part) (CPU)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
   // The AVX-512 exp path of the softmax-family kernels (cpu_avx512.h): on by default where ATen and the CPU have

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import eurokernels as ek
+from eurokernels import _ext
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error
 
@@ -436,6 +437,22 @@ def test_linear_grad_in_forward(device, backend, reduction, token_chunk):
     (loss_t * 2.5).backward()
     for name, got, t in zip(("d_hidden", "d_weight", "d_bias"), ins, tru):
         torch.testing.assert_close(got.grad.double(), t.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_weight_gradient_accumulation(dtype):
+    # The cpu backend's one-pass fp32 accumulation of d_weight over token chunks (csrc accumulate_cpu.cpp):
+    # acc += part exactly in fp32, and the last chunk's out = round(acc + part), one rounding. CPU-only by nature.
+    acc = torch.randn(1000, 37)
+    part = torch.randn(1000, 37).to(dtype)
+    out = torch.empty(1000, 37, dtype=dtype)
+    _ext.cpu().accumulate(acc.clone(), part, out)
+    torch.testing.assert_close(out, (acc + part.float()).to(dtype), atol=0, rtol=0)
+    a = acc.clone()
+    _ext.cpu().accumulate(a, part, None)
+    torch.testing.assert_close(a, acc + part.float(), atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="same shape"):
+        _ext.cpu().accumulate(acc, part[:10], None)
 
 
 def test_linear_grad_in_forward_upstream_scaling(device):

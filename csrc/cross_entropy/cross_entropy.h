@@ -24,4 +24,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total);
 
+// linear_cross_entropy's fp32 weight-gradient accumulation (accumulate_cpu.cpp): acc += part, or, with out (the
+// last token chunk), out = round(acc + part) in part's dtype. acc fp32; all contiguous, one shape.
+void accumulate_cpu(at::Tensor& acc, const at::Tensor& part, const std::optional<at::Tensor>& out);
+
 }  // namespace eurokernels::cross_entropy

@@ -37,6 +37,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
+from .._ext import cpu as _cpu_ext
 from .._registry import define_op
 from .cross_entropy import KERNELS, _check, _check_labels_on_cpu, reduce_loss
 
@@ -184,7 +185,7 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
     for c0 in range(0, v, vocab_chunk):
         c1 = min(v, c0 + vocab_chunk)
         w = weight[c0:c1]
-        acc = None if one_token_chunk else dw_acc.get(c1 - c0, hdim).zero_()
+        acc = None if one_token_chunk else dw_acc.get(c1 - c0, hdim)
         db_acc = torch.zeros(c1 - c0, dtype=torch.float32, device=dev) if bias is not None else None
         for t0 in range(0, n, token_chunk):
             t1 = min(n, t0 + token_chunk)
@@ -197,11 +198,13 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
             if one_token_chunk:
                 torch.mm(tile.t(), h, out=dw[c0:c1])
             else:
-                acc += torch.mm(tile.t(), h, out=dw_part.get(c1 - c0, hdim))
+                part = torch.mm(tile.t(), h, out=dw_part.get(c1 - c0, hdim))
+                if t0 == 0:
+                    acc.copy_(part)  # the first token chunk initializes (no zero fill)
+                else:  # the last one writes d_weight's slice, rounded once
+                    _accumulate(acc, part, dw[c0:c1] if t1 == n else None)
             if db_acc is not None:
                 db_acc += tile.sum(0, dtype=torch.float32)
-        if acc is not None:
-            dw[c0:c1] = acc
         if db_acc is not None:
             db[c0:c1] = db_acc
     return dh if fp32_dh else dh.to(dt), dw, db
@@ -222,7 +225,8 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
     one_chunk = n <= token_chunk
     # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
     # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
-    dw = torch.empty_like(weight) if one_chunk else torch.empty(weight.shape, dtype=torch.float32, device=dev)
+    dw = torch.empty_like(weight)
+    acc = None if one_chunk else torch.empty(weight.shape, dtype=torch.float32, device=dev)
     db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
     slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
     tiles = _Scratch(min(n, token_chunk) * v, dt, dev)
@@ -242,12 +246,24 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
                 c1 = min(v, c0 + slice_v)
                 part = torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
                 if t0 == 0:
-                    dw[c0:c1] = part  # the first chunk initializes: no zero fill of the fp32 buffer
-                else:
-                    dw[c0:c1] += part
+                    acc[c0:c1] = part  # the first chunk initializes: no zero fill of the fp32 buffer
+                else:  # the last chunk writes d_weight, rounded once
+                    _accumulate(acc[c0:c1], part, dw[c0:c1] if t1 == n else None)
         if db is not None:
             db += logits.sum(0, dtype=torch.float32)
-    return loss, dh, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else weight.new_empty(0))
+    return loss, dh, dw, (db.to(bias.dtype) if db is not None else weight.new_empty(0))
+
+
+def _accumulate(acc, part, out=None):
+    """acc += part (acc fp32, part in the weight's dtype), or for the last token chunk out = round(acc + part).
+    On CPU one pass (csrc/cross_entropy/accumulate_cpu.cpp): torch's add_ would first convert part to an fp32
+    temporary, and rounding acc afterwards is another pass over a [V, H] fp32 buffer."""
+    if acc.device.type == "cpu":
+        _cpu_ext().accumulate(acc, part, out)
+    elif out is None:
+        acc += part
+    else:
+        torch.add(acc, part, out=out)
 
 
 # --- ops ------------------------------------------------------------------------------------------------------------
