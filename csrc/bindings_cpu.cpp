@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "attention/attention.h"
+#include "cpu_alloc.h"
 #include "cpu_avx512.h"
 #include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
@@ -19,6 +20,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_fwd", &at_::forward_cpu, "Attention forward (CPU)");
   m.def("attention_bwd", &at_::backward_cpu, "Attention backward (CPU)");
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
+  m.def("prepare_fresh", [](const at::Tensor& t) { eurokernels::cpu::prepare_fresh(t.data_ptr(), t.nbytes()); },
+        "Huge pages + prefault for a fresh CPU buffer (cpu_alloc.h); advisory, never changes data");
   m.def("accumulate", &eurokernels::cross_entropy::accumulate_cpu, "acc += part, or out = round(acc + part) (CPU)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");

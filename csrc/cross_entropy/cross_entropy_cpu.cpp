@@ -8,11 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "common.h"
+#include "cpu_alloc.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_checks.h"
@@ -67,21 +65,6 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
   if (target >= 0) dx[target] = static_cast<T>(scalar(xt, c.t));
 }
 
-// The huge-page hint of cpu_alloc.h's empty_output, for a gradient buffer the caller allocated (the op allocates
-// it in Python, since it may also be the logits themselves): a fresh [rows, V] buffer is otherwise page-faulted
-// 4 KB at a time on first write, which cost most of the backward here. Advisory; no effect on values.
-void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
-  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + bytes) & ~(kHuge - 1);
-  if (bytes >= 4 * kHuge && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
 void check_labels(const int64_t* labels, int64_t rows, const Options& o) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t l = labels[r];
@@ -110,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
   if (rows == 0) return {loss, lse};
   TORCH_CHECK(n > 0, "logits must have at least one class");
   if (grad_out && grad_out->data_ptr() != logits.data_ptr()) {  // a separate (usually fresh) gradient buffer
-    advise_huge_pages(grad_out->data_ptr(), grad_out->nbytes());
+    // allocated by the caller (it may also be the logits themselves): cpu_alloc.h's huge pages + prefault
+    cpu::prepare_fresh(grad_out->data_ptr(), grad_out->nbytes());
   }
 
   EK_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "cross_entropy_cpu", [&] {

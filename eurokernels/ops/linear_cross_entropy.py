@@ -117,10 +117,19 @@ class _Scratch:
     the matmul filling it; on GPU the caching allocator would reuse the memory anyway."""
 
     def __init__(self, numel, dtype, device):
-        self.buf = torch.empty(numel, dtype=dtype, device=device)
+        self.buf = _empty(numel, dtype=dtype, device=device)
 
     def get(self, rows, cols):
         return self.buf[: rows * cols].view(rows, cols)
+
+
+def _empty(*shape, dtype, device):
+    """torch.empty, on CPU with huge pages and prefaulted (csrc/cpu_alloc.h): the matmuls writing these buffers
+    would otherwise pay a 4 KiB page fault per page of a fresh multi-hundred-MB block on every call."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    if type(t) is torch.Tensor and t.device.type == "cpu" and t.numel():  # a real tensor, not a traced stand-in
+        _cpu_ext().prepare_fresh(t)
+    return t
 
 
 def _tile_logits(h, weight, bias, c0, c1, out):
@@ -174,7 +183,7 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
     vocab_total = v if vocab_total is None else vocab_total
     dev, dt = hidden2.device, hidden2.dtype
     dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=dev)
-    dw = torch.empty_like(weight)
+    dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
     db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
     tn, tv = min(n, token_chunk), min(v, vocab_chunk)
     one_token_chunk = n <= token_chunk
@@ -221,12 +230,12 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
     if mean:
         row_scale = row_scale / valid.sum().clamp(min=1)
     loss = torch.zeros((), dtype=torch.float32, device=dev)
-    dh = torch.empty_like(hidden2)
+    dh = _empty(hidden2.shape, dtype=dt, device=dev)
     one_chunk = n <= token_chunk
     # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
     # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
-    dw = torch.empty_like(weight)
-    acc = None if one_chunk else torch.empty(weight.shape, dtype=torch.float32, device=dev)
+    dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
+    acc = None if one_chunk else _empty(weight.shape, dtype=torch.float32, device=dev)
     db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
     slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
     tiles = _Scratch(min(n, token_chunk) * v, dt, dev)
@@ -402,7 +411,7 @@ def _scaled(t, g, step=1 << 24):
     Elsewhere through fp32 in slices of ``step`` elements: the fp32 temporary of a whole [V, H] weight gradient
     would be twice the gradient itself."""
     if t.device.type == "cpu" and g.device.type == "cpu" and g.dim() == 0:
-        return torch.mul(t, g)
+        return torch.mul(t, g, out=_empty(t.shape, dtype=t.dtype, device=t.device))
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
     src, dst = t.reshape(-1), out.view(-1)
     for i in range(0, src.numel(), step):
