@@ -44,8 +44,12 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
     return softcap == 0.f ? d : d * (1.f - t * t);
   };
 #if EK_HAVE_AVX512
-  if (softcap == 0.f && cpu::avx512::enabled()) {
-    cpu::avx512::exp_affine_row(x, dx, n, lse, c.p, c.u);
+  if (cpu::avx512::enabled()) {
+    if (softcap == 0.f) {
+      cpu::avx512::exp_affine_row(x, dx, n, lse, c.p, c.u);
+    } else {
+      cpu::avx512::capped_grad_row(x, dx, n, lse, c.p, c.u, softcap);
+    }
     if (target >= 0) dx[target] = static_cast<T>(scalar(xt, c.t));
     return;
   }

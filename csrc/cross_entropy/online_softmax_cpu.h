@@ -4,8 +4,8 @@
 // The row is processed in blocks of kBlock elements: each block is loaded once from memory (converted to fp32 and
 // soft-capped into a small scratch buffer that stays in L1), its maximum taken, the running sum rescaled once per
 // block (one scalar exp), and the block's exps summed from L1. So one vector exp per element, against two for the
-// per-element online update (m' = max(m, z); s = s * exp(m - m') + exp(z - m')). Without a soft cap, on an
-// AVX-512 CPU, online_softmax_avx512.h does the same with half the instructions per element.
+// per-element online update (m' = max(m, z); s = s * exp(m - m') + exp(z - m')). On an AVX-512 CPU,
+// online_softmax_avx512.h does the same with a fraction of the instructions per element.
 #pragma once
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -43,8 +43,13 @@ struct RowStats {
 template <typename T>
 RowStats online_stats(const T* x, int64_t n, float softcap, bool want_sum, float* buf) {
 #if EK_HAVE_AVX512
-  if (softcap == 0.f && avx512::enabled()) {
-    const avx512::LseSum r = want_sum ? avx512::row_lse<T, true>(x, n) : avx512::row_lse<T, false>(x, n);
+  if (avx512::enabled()) {
+    avx512::LseSum r;
+    if (softcap == 0.f) {
+      r = want_sum ? avx512::row_lse<T, true, false>(x, n, 0.f) : avx512::row_lse<T, false, false>(x, n, 0.f);
+    } else {
+      r = want_sum ? avx512::row_lse<T, true, true>(x, n, softcap) : avx512::row_lse<T, false, true>(x, n, softcap);
+    }
     return {r.lse, r.sum_z};
   }
 #endif
