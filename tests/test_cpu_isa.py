@@ -10,7 +10,7 @@ import torch
 import eurokernels as ek
 from eurokernels import _ext
 from test_cross_entropy import IGNORE, check_against_truth, make
-from tolerances import assert_within_torch_error
+from test_softmax import check_forward_backward
 
 C = _ext.cpu()
 DEFAULT_AVX512 = C.cpu_avx512_enabled()
@@ -57,17 +57,7 @@ def test_cross_entropy(path, dtype, v, opts):
 @pytest.mark.parametrize("n", [1, 17, 4129, 128000])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_softmax(path, dtype, n, log):
-    x = (torch.randn(3, n) * 4).to(dtype)
-    fn, tfn = (ek.log_softmax, torch.log_softmax) if log else (ek.softmax, torch.softmax)
-    xs, xt, xp = x.clone().requires_grad_(), x.double().requires_grad_(), x.clone().requires_grad_()
-    y, yt, yp = fn(xs, backend="cpu"), tfn(xt, -1), tfn(xp, -1)
-    assert_within_torch_error(y, yt, yp, name=f"y {path}")
-    dy = torch.randn_like(yt)
-    y.backward(dy.to(dtype))
-    yt.backward(dy)
-    yp.backward(dy.to(dtype))
-    assert_within_torch_error(xs.grad, xt.grad, xp.grad, atol=1e-5 * max(1.0, xt.grad.abs().max().item()),
-                              name=f"dx {path}")
+    check_forward_backward((torch.randn(3, n) * 4).to(dtype), log, "cpu")
 
 
 def test_lse_accuracy_over_the_exp_range(path):

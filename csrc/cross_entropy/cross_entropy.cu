@@ -14,10 +14,6 @@ namespace {
 
 using namespace eurokernels::cuda;
 
-__device__ __forceinline__ float capped(float v, float softcap) {
-  return softcap == 0.f ? v : softcap * tanhf(v / softcap);
-}
-
 template <typename T, int VEC>
 __global__ void cross_entropy_kernel(Params p) {
   __shared__ float scratch[96];
@@ -37,7 +33,7 @@ __global__ void cross_entropy_kernel(Params p) {
       load_f32<T, VEC>(x + i, v);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        v[k] = capped(v[k], o.softcap);
+        v[k] = soft_cap(v[k], o.softcap);
         if (smoothing) sz += v[k];
       }
       online_add(m, s, v);
@@ -45,7 +41,7 @@ __global__ void cross_entropy_kernel(Params p) {
     block_online_merge(m, s, sz, scratch);
     lse = online_lse(m, s);
     if (threadIdx.x == 0) {
-      const float zt = t.in_shard ? capped(to_float(x[t.local]), o.softcap) : 0.f;
+      const float zt = t.in_shard ? soft_cap(to_float(x[t.local]), o.softcap) : 0.f;
       p.loss[row] = row_loss(lse, zt, sz, t, o);
       p.lse[row] = lse;
     }

@@ -24,6 +24,9 @@ struct Options {
   float softcap;        // 0: no soft cap
 };
 
+// The soft cap: z = softcap * tanh(x / softcap), or x when softcap == 0 (host and device).
+EK_HD float soft_cap(float v, float softcap) { return softcap == 0.f ? v : softcap * tanhf(v / softcap); }
+
 // Where a row's label points: ignored, inside these logits (local index), elsewhere in the vocabulary, or out of
 // range (an error on CPU; NaN loss and gradient on GPU, which cannot raise without a host sync).
 struct Target {

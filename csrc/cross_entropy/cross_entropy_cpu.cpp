@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
           row_lse = lse_in_p[r];
         } else {
           const cpu::RowStats st = cpu::online_stats(x, n, o.softcap, want_sum, buf.data());
-          const float zt = t.in_shard ? cpu::cap1(static_cast<float>(x[t.local]), o.softcap) : 0.f;
+          const float zt = t.in_shard ? soft_cap(static_cast<float>(x[t.local]), o.softcap) : 0.f;
           loss_p[r] = row_loss(st.lse, zt, st.sum_z, t, o);
           lse_p[r] = row_lse = st.lse;
         }

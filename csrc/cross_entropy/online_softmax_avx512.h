@@ -4,6 +4,7 @@
 // values as the at::vec loops they replace.
 #pragma once
 #include "cpu_avx512.h"
+#include "cross_entropy/cross_entropy_common.h"
 
 #if EK_HAVE_AVX512
 #include <algorithm>
@@ -30,8 +31,6 @@ EK_AVX512_INLINE __m512 tanh_k(__m512 x, __m512 kk) {
   r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
   return _mm512_mul_ps(_mm512_sub_ps(e, one), r);
 }
-
-inline float cap_scalar(float v, float softcap) { return softcap == 0.f ? v : softcap * std::tanh(v / softcap); }
 
 // Log-sum-exp of a row (and its sum) in one sweep over memory: per block of kBlock elements (8 KB of bf16, in L1
 // after the first pass), the block's max from memory, then the exps from L1, the running sum rescaled once per
@@ -65,7 +64,7 @@ EK_AVX512 LseSum row_lse(const T* x, int64_t n, float softcap) {
       bm = std::max(bm, v);
       if (!kCap) bs += v;
     }
-    if (kCap) bm = cap_scalar(bm, softcap);  // -inf -> -softcap: a capped row is never all -inf
+    if (kCap) bm = cross_entropy::soft_cap(bm, softcap);  // -inf -> -softcap: a capped row is never all -inf
     const float mn = std::max(m, bm);
     if (mn == kNegInf) {
       // Nothing but -inf so far, unless vmaxps dropped a NaN (it returns its second operand on NaN). With a finite
@@ -97,7 +96,7 @@ EK_AVX512 LseSum row_lse(const T* x, int64_t n, float softcap) {
     float e = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) * sh.scale;
     if (kCap && kSum) bs = _mm512_reduce_add_ps(_mm512_add_ps(z0, z1));
     for (int64_t j = i; j < len; ++j) {
-      const float z = cap_scalar(static_cast<float>(xb[j]), kCap ? softcap : 0.f);
+      const float z = cross_entropy::soft_cap(static_cast<float>(xb[j]), kCap ? softcap : 0.f);
       e += std::exp(z - mn);
       if (kCap) bs += z;
     }

@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "cpu_vec.h"
+#include "cross_entropy/cross_entropy_common.h"
 #include "cross_entropy/online_softmax_avx512.h"
 
 namespace eurokernels::cpu {
@@ -32,7 +33,6 @@ inline float reduce_sum(const Vec& v) {
 inline Vec cap(const Vec& v, float softcap) {
   return softcap == 0.f ? v : Vec(softcap) * (v * Vec(1.f / softcap)).tanh();
 }
-inline float cap1(float v, float softcap) { return softcap == 0.f ? v : softcap * std::tanh(v / softcap); }
 
 struct RowStats {
   float lse;    // log(sum(exp(z)))
@@ -70,7 +70,7 @@ RowStats online_stats(const T* x, int64_t n, float softcap, bool want_sum, float
     }
     float bm = reduce_max(vmax), bs = want_sum ? reduce_sum(vsum) : 0.f;
     for (; i < len; ++i) {
-      const float v = cap1(static_cast<float>(x[b0 + i]), softcap);
+      const float v = cross_entropy::soft_cap(static_cast<float>(x[b0 + i]), softcap);
       buf[i] = v;
       if (v > bm || std::isnan(v)) bm = v;  // a NaN stays (in bm or from v)
       bs += v;
