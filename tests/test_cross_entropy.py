@@ -78,6 +78,17 @@ def check_against_truth(logits, labels, backend, *, reduction="none", return_lse
     return loss, x.grad
 
 
+def assert_compiled_grads_match(compiled, eager, args, leaves):
+    """Backward through ``compiled(*args)`` and ``eager(*args)``: the same gradients on every tensor in ``leaves``."""
+    compiled(*args).backward()
+    grads = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    eager(*args).backward()
+    for got, t in zip(grads, leaves):
+        torch.testing.assert_close(got, t.grad)
+
+
 def test_reference_matches_pytorch():
     logits, labels = make(6, 50, torch.float64, "cpu", ignore=(2,))
     for eps in (0.0, 0.1):
@@ -275,14 +286,8 @@ def test_compile_fullgraph(device, backend, inplace):
     h = torch.randn(2, 5, 32, device=device, requires_grad=True)
     labels = torch.randint(0, 300, (2, 5), device=device)
     labels[0, 1] = IGNORE
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    compiled(h, labels).backward()
-    grads = [t.grad.clone() for t in (h, head.weight, head.bias)]
-    for t in (h, head.weight, head.bias):
-        t.grad = None
-    step(h, labels).backward()
-    for got, t in zip(grads, (h, head.weight, head.bias)):
-        torch.testing.assert_close(got, t.grad)
+    assert_compiled_grads_match(torch.compile(step, fullgraph=True, backend="aot_eager"), step, (h, labels),
+                                (h, head.weight, head.bias))
 
 
 def test_compile_inductor_cpu():
@@ -296,13 +301,7 @@ def test_compile_inductor_cpu():
     def step(h):
         return ek.cross_entropy(head(h), labels, z_loss=1e-3, inplace_backward=True) + lce(h, labels)
 
-    torch.compile(step, fullgraph=True)(h).backward()
-    got = [t.grad.clone() for t in (h, head.weight, lce.weight)]
-    for t in (h, head.weight, lce.weight):
-        t.grad = None
-    step(h).backward()
-    for g, t in zip(got, (h, head.weight, lce.weight)):
-        torch.testing.assert_close(g, t.grad)
+    assert_compiled_grads_match(torch.compile(step, fullgraph=True), step, (h,), (h, head.weight, lce.weight))
 
 
 def test_module_matches_pytorch(device, backend):

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten
 
 import eurokernels as ek
 from eurokernels import _ext
-from test_cross_entropy import DTYPES, IGNORE, truth
+from test_cross_entropy import DTYPES, IGNORE, assert_compiled_grads_match, truth
 from tolerances import assert_within_torch_error
 
 
@@ -216,14 +216,8 @@ def test_linear_compile_fullgraph(device, backend, grad_in_forward):
     head = head.to(device)
     h = torch.randn(3, 4, 16, device=device, requires_grad=True)
     labels = torch.randint(0, 90, (3, 4), device=device)
-    compiled = torch.compile(head, fullgraph=True, backend="aot_eager")
-    compiled(h, labels).backward()
-    grads = [t.grad.clone() for t in (h, head.weight, head.bias)]
-    for t in (h, head.weight, head.bias):
-        t.grad = None
-    head(h, labels).backward()
-    for got, t in zip(grads, (h, head.weight, head.bias)):
-        torch.testing.assert_close(got, t.grad)
+    assert_compiled_grads_match(torch.compile(head, fullgraph=True, backend="aot_eager"), head, (h, labels),
+                                (h, head.weight, head.bias))
     expected = F.cross_entropy(F.linear(h, head.weight, head.bias).flatten(0, 1), labels.flatten(), reduction="none")
     expected = expected + 1e-3 * torch.logsumexp(F.linear(h, head.weight, head.bias), -1).flatten() ** 2
     torch.testing.assert_close(head(h, labels), expected.mean())
