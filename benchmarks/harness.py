@@ -129,11 +129,17 @@ def machine():
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     else:
+        # The CPU model changes between this project's machines ("AMD EPYC" alone does not tell Zen 2 from Zen 5):
+        # family / model and ATen's instruction set go with every figure.
         try:
             with open("/proc/cpuinfo") as f:
-                info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        except (OSError, StopIteration):
+                fields = dict(l.split(":", 1) for l in f.read().split("\n\n")[0].splitlines() if ":" in l)
+            fields = {k.strip(): v.strip() for k, v in fields.items()}
+            info["cpu"] = (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} "
+                           f"model {fields.get('model', '?')})")
+        except OSError:
             pass
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return info
 
 

@@ -6,6 +6,7 @@
 #include "attention/attention.h"
 #include "cpu_alloc.h"
 #include "cpu_avx512.h"
+#include "cpu_exp.h"
 #include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
@@ -27,6 +28,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
   // The AVX-512 exp path of the softmax-family kernels (cpu_avx512.h): on by default where ATen and the CPU have
   // AVX-512; tests switch it off to check the AVX2 path on the same machine.
+  // The vector exp of the at::vec (AVX2) path, every element through the vector code: for its accuracy test.
+  m.def("vec_exp", [](const at::Tensor& x) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "x: expected a float32 CPU tensor");
+    using Vec = eurokernels::cpu::Vec;
+    const at::Tensor xc = x.contiguous().reshape(-1);
+    const int64_t n = xc.numel(), padded = (n + Vec::size() - 1) / Vec::size() * Vec::size();
+    at::Tensor buf = at::zeros({padded}, xc.options());
+    buf.narrow(0, 0, n).copy_(xc);
+    float* p = buf.data_ptr<float>();
+    for (int64_t i = 0; i < padded; i += Vec::size()) eurokernels::cpu::exp(Vec::loadu(p + i)).store(p + i);
+    return buf.narrow(0, 0, n).view(x.sizes()).clone();
+  }, "exp of a float32 tensor through the CPU kernels' vector exp (cpu_exp.h)");
 #if EK_HAVE_AVX512
   m.def("cpu_avx512_enabled", &eurokernels::cpu::avx512::enabled, "Whether the AVX-512 exp path is on");
   m.def("set_cpu_avx512", &eurokernels::cpu::avx512::set_enabled, "Switch the AVX-512 exp path; returns the state");

@@ -209,24 +209,60 @@ def train(model, steps, lr=3e-3):
     return torch.tensor(losses, dtype=torch.float64)
 
 
+def nudged(model, seed):
+    """A copy of the fp32 model with every nonzero weight moved one ulp up or down at random: as correct as the
+    original, so its training curve is one more sample of where fp32 rounding alone takes the trajectory."""
+    g = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            up = torch.randint(0, 2, p.shape, generator=g, dtype=torch.bool)
+            p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf)).where(p != 0, p))
+    return model
+
+
+def curve_error(curve, truth):
+    """The largest relative deviation from the fp64 curve over the whole run."""
+    return ((curve - truth).abs() / truth.abs()).max().item()
+
+
+# The fp32 spread: HF fp32 and HF fp32 with its weights nudged by an ulp (seeds 0..NUDGED-1).
+NUDGED = 3
+CURVE_FACTOR, CURVE_ATOL = 3.0, 1e-6
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_loss_curve_matches_hf(family, patched):
-    # 30 AdamW steps from the same init on the same batches, patched vs HF in fp32 and HF in fp64 (the truth).
-    # Stated tolerance: at every step |patched - fp64| <= 4 x |HF fp32 - fp64| + 1e-6 x loss (8 fp32 ulps of the
-    # loss). Rounding differences of both fp32 runs grow along the run alike; measured (max over the 30 steps of
-    # |loss - fp64| / fp64): HF fp32 1.5e-7 (Qwen2) to 1.5e-5 (Gemma-3), ours 1.5e-7 to 4e-6, at most 1.2x
-    # HF's per family. The additive term covers steps where HF's fp32 loss happens to land within an ulp.
+    # 30 AdamW steps from the same init on the same batches, patched vs the fp64 truth. Training amplifies rounding
+    # chaotically, so a step-by-step bound against *one* fp32 run fails whenever that run happens to be lucky: on an
+    # AVX2-only machine, Gemma-3's HF fp32 curve stayed within 2.4e-6 of fp64 while on an AVX-512 machine it reached
+    # 1.5e-5 -- the same code, other rounding. What a correct fp32 implementation can be asked for is to stay inside
+    # the spread of correct fp32 runs. The spread is measured here: HF fp32 plus NUDGED copies of it whose weights
+    # moved one ulp, each compared with fp64 by its largest relative deviation over the whole curve (curve_error).
+    # Bound: ours <= CURVE_FACTOR x the largest of those + CURVE_ATOL (8 fp32 ulps of the loss; the spread of the
+    # non-Gemma-3 families is ~2e-7). Measured (2026-12-02, AMD EPYC Zen 5, both paths; benchmarks/precision.py has
+    # the per-op single steps): the spread's largest member 1.9e-7 (Qwen-2) to 1.7e-5 (Gemma-3), ours at most 1.3x
+    # it. The bound is strict enough for a real precision bug: attention output rounded to bf16 gives 1.5e-4
+    # (Llama) -- checked below as a negative control -- and one rounded to 16 mantissa bits 5.2e-6 (Llama; 3.9e-5
+    # Gemma-3), above their bounds of 4.9e-6 and 5.2e-5.
     steps = 30
     hf32 = make_model(family)
-    truth_model, ours = copy.deepcopy(hf32).double(), copy.deepcopy(hf32)
-    curve_truth, curve_hf = train(truth_model, steps), train(hf32, steps)
-    curve = train(patched(ours), steps)
+    curve_truth = train(copy.deepcopy(hf32).double(), steps)
     assert curve_truth[-1] < 0.85 * curve_truth[0], "the synthetic task must be learnable (else nothing is tested)"
-    err = (curve - curve_truth).abs()
-    bound = 4 * (curve_hf - curve_truth).abs() + 1e-6 * curve_truth.abs()
-    worst = int((err - bound).argmax())
-    assert (err <= bound).all(), (f"step {worst}: patched loss {curve[worst]:.8f}, HF fp32 {curve_hf[worst]:.8f}, "
-                                  f"fp64 {curve_truth[worst]:.8f}")
+    spread = max(curve_error(train(m, steps), curve_truth)
+                 for m in [copy.deepcopy(hf32)] + [nudged(hf32, seed) for seed in range(NUDGED)])
+    bound = CURVE_FACTOR * spread + CURVE_ATOL
+    err = curve_error(train(patched(copy.deepcopy(hf32)), steps), curve_truth)
+    assert err <= bound, f"patched curve deviates {err:.2e} from fp64 (fp32 spread {spread:.2e}, bound {bound:.2e})"
+
+    if family == "llama":  # negative control: one bf16 intermediate (the attention output) must break the bound
+        real_attention = ek_hf._attention
+        ek_hf._attention = lambda *a, **k: real_attention(*a, **k).bfloat16().float()
+        try:
+            bugged = curve_error(train(patched(copy.deepcopy(hf32)), steps), curve_truth)
+        finally:
+            ek_hf._attention = real_attention
+        assert bugged > bound, f"a bf16 attention output ({bugged:.2e}) passed the bound {bound:.2e}"
 
 
 class LiveMemory(TorchDispatchMode):

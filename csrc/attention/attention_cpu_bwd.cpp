@@ -161,7 +161,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
             for (int64_t c = 0; c < kBwdBQ; c += Vec::size()) {
               Vec t(0.f);
               const Vec x = score(Vec::loadu(s + c), t);
-              const Vec p = (x - Vec::loadu(B.lse.data() + i0 + c)).exp_u20();
+              const Vec p = cpu::exp(x - Vec::loadu(B.lse.data() + i0 + c));
               Vec ds = p * (Vec::loadu(dp + c) - Vec::loadu(B.delta.data() + i0 + c));
               if (softcap > 0) ds = ds * (vone - t * t);
               p.store(s + c);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_exp.h"
 #include "cpu_vec.h"
 
 namespace eurokernels::attention::detail {

@@ -93,7 +93,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         const Vec vm(m_new);
         Vec vsum(0.f);
         for (int64_t j = 0; j < kFwdBK; j += Vec::size()) {
-          Vec e = (Vec::loadu(s + j) - vm).exp_u20();
+          Vec e = cpu::exp(Vec::loadu(s + j) - vm);
           vsum = vsum + e;
           e.store(s + j);
         }

@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "cpu_alloc.h"
+#include "cpu_exp.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_checks.h"
@@ -33,7 +34,7 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
     cpu::fill_row(dx, n, 0.f);
     return;
   }
-  if (std::isnan(lse)) {  // a NaN logit: a NaN row, as PyTorch (at::vec's exp_u20 would turn NaN into inf)
+  if (std::isnan(lse)) {  // a NaN logit: a NaN row, as PyTorch (the vector exp on its own would propagate it too)
     cpu::fill_row(dx, n, lse);
     return;
   }
@@ -56,9 +57,9 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
 #endif
   const Vec vlse(lse), vp(c.p), vu(c.u), one(1.f), vcap(softcap), inv_cap(softcap != 0.f ? 1.f / softcap : 0.f);
   auto element = [&](const Vec& v) {
-    if (softcap == 0.f) return vp * (v - vlse).exp_u20() - vu;
+    if (softcap == 0.f) return vp * cpu::exp(v - vlse) - vu;
     const Vec t = (v * inv_cap).tanh();
-    return (vp * (vcap * t - vlse).exp_u20() - vu) * (one - t * t);
+    return (vp * cpu::exp(vcap * t - vlse) - vu) * (one - t * t);
   };
   int64_t i = 0;
   for (; i + kStep <= n; i += kStep) {

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu_exp.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy_common.h"
 #include "cross_entropy/online_softmax_avx512.h"
@@ -83,7 +84,7 @@ RowStats online_stats(const T* x, int64_t n, float softcap, bool want_sum, float
     const Vec vm(mn);
     Vec acc(0.f);
     i = 0;
-    for (; i + Vec::size() <= len; i += Vec::size()) acc = acc + (Vec::loadu(buf + i) - vm).exp_u20();
+    for (; i + Vec::size() <= len; i += Vec::size()) acc = acc + cpu::exp(Vec::loadu(buf + i) - vm);
     float e = reduce_sum(acc);
     for (; i < len; ++i) e += std::exp(buf[i] - mn);
     s += e;

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "cpu_alloc.h"
+#include "cpu_exp.h"
 #include "cpu_vec.h"
 #include "cross_entropy/online_softmax_cpu.h"
 #include "softmax/softmax.h"
@@ -44,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
         scalar_t* yr = yp + r * n;
         const float lse = cpu::online_stats(xr, n, 0.f, false, buf.data()).lse;
         lp[r] = lse;
-        if (!log && std::isnan(lse)) {  // a NaN input: a NaN row, as PyTorch (at::vec's exp_u20 gives inf)
+        if (!log && std::isnan(lse)) {  // a NaN input: a NaN row, as PyTorch (the exp would give NaN on its own)
           cpu::fill_row(yr, n, lse);
           continue;
         }
@@ -61,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, bool log) {
           if (log) {
             cpu::store2(yr + i, a - vl, b - vl);
           } else {
-            cpu::store2(yr + i, (a - vl).exp_u20(), (b - vl).exp_u20());
+            cpu::store2(yr + i, cpu::exp(a - vl), cpu::exp(b - vl));
           }
         }
         for (; i < n; ++i) {
@@ -117,7 +118,7 @@ at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Ten
             acc = acc + da + db;
           } else {
             auto [xa, xb] = cpu::load2(xr + i);
-            acc = at::vec::fmadd(da, (xa - vl).exp_u20(), at::vec::fmadd(db, (xb - vl).exp_u20(), acc));
+            acc = at::vec::fmadd(da, cpu::exp(xa - vl), at::vec::fmadd(db, cpu::exp(xb - vl), acc));
           }
         }
         float c = cpu::reduce_sum(acc);
@@ -129,7 +130,7 @@ at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Ten
         for (; i + kStep <= n; i += kStep) {
           auto [da, db] = cpu::load2(d + i);
           auto [xa, xb] = cpu::load2(xr + i);
-          const Vec pa = (xa - vl).exp_u20(), pb = (xb - vl).exp_u20();
+          const Vec pa = cpu::exp(xa - vl), pb = cpu::exp(xb - vl);
           if (log) {
             cpu::store2(out + i, da - pa * vc, db - pb * vc);
           } else {
