@@ -22,17 +22,13 @@ import torch.nn.functional as F
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, benchmark_test
+from .harness import Case, benchmark_test, our_backends
 
 HEADS_Q, HEADS_K, HEAD_DIM = 32, 8, 128
 SEQLENS = [2048, 4096, 8192]
 QUICK_SEQLENS = [2048]
 PACKED_DOCS = [3000, 1500, 811, 2048, 500, 300, 32, 1]  # 8192 tokens: uneven documents, incl. tiny ones
 MAX_REFERENCE_SEQLEN = 2048
-
-
-def our_backends(device):
-    return ["triton"] if torch.device(device).type == "cuda" else ["cpu"]
 
 
 def visible_pairs(doc_lengths):
@@ -80,7 +76,7 @@ def cases(device, quick=False):
             sdpa = _sdpa
 
         fns = {f"eurokernels[{b}]": functools.partial(ek.attention, causal=True, backend=b, **extra)
-               for b in our_backends(device)}
+               for b in our_backends(device, "attention")}
         fns["sdpa"] = sdpa
         if not packed and total <= MAX_REFERENCE_SEQLEN:
             fns["eager"] = lambda q, k, v: reference.attention(q, k, v, causal=True)[0]

@@ -23,19 +23,13 @@ import torch.nn.functional as F
 
 import eurokernels as ek
 
-from .harness import Case, benchmark_test
+from .harness import Case, benchmark_test, our_backends
 
 CE_SHAPES = [(8192, 128000), (4096, 256000)]
 CE_QUICK = [(2048, 128000)]
 # (2048, 1024, 128000): the shape of the peer comparison (Cut Cross-Entropy's CPU path, measured here).
 LCE_SHAPES = [(2048, 1024, 128000), (8192, 2304, 256000), (8192, 4096, 128000)]
 LCE_QUICK = [(1024, 1024, 128000)]  # half the peer shape's tokens: --quick stays under 5 minutes on 2 cores
-
-
-def our_backends(device):
-    if torch.device(device).type == "cuda":
-        return ["triton"] + (["cuda"] if ek._ext.has_cuda_extension() else [])
-    return ["cpu"]
 
 
 def _fits(nbytes, device):
@@ -79,7 +73,8 @@ def _ce_shape(tokens, vocab, device):
     if not baseline_ok:
         _note(f"{label}: eager / compile left out (about {4 * elems * 2 / 2**30:.0f} GiB)")
 
-    fwd = {f"eurokernels[{b}]": functools.partial(ek.cross_entropy, x, y, backend=b) for b in our_backends(device)}
+    fwd = {f"eurokernels[{b}]": functools.partial(ek.cross_entropy, x, y, backend=b)
+           for b in our_backends(device, "cross_entropy")}
     if baseline_ok:
         fwd["eager"] = functools.partial(F.cross_entropy, x, y)
         fwd["compile"] = functools.partial(_compiled_ce(), x, y)
@@ -91,7 +86,7 @@ def _ce_shape(tokens, vocab, device):
     def fwd_bwd(f, **kw):
         return lambda: torch.autograd.grad(f(xg, y, **kw), xg)
 
-    both = {f"eurokernels[{b}]": fwd_bwd(ek.cross_entropy, backend=b) for b in our_backends(device)}
+    both = {f"eurokernels[{b}]": fwd_bwd(ek.cross_entropy, backend=b) for b in our_backends(device, "cross_entropy")}
     buf = torch.empty_like(x).requires_grad_()
 
     def inplace(b):
@@ -100,7 +95,7 @@ def _ce_shape(tokens, vocab, device):
             return torch.autograd.grad(ek.cross_entropy(buf, y, inplace_backward=True, backend=b), buf)
         return run
 
-    both.update({f"eurokernels[{b},inplace]": inplace(b) for b in our_backends(device)})
+    both.update({f"eurokernels[{b},inplace]": inplace(b) for b in our_backends(device, "cross_entropy")})
     if baseline_ok:
         both["eager"] = fwd_bwd(F.cross_entropy)
         both["compile"] = fwd_bwd(_compiled_ce())
@@ -128,7 +123,7 @@ def _lce_shape(tokens, hidden, vocab, device):
         return lambda: torch.autograd.grad(f(), (h, w))
 
     providers = {}
-    for b in our_backends(device):
+    for b in our_backends(device, "cross_entropy"):
         providers[f"eurokernels[{b}]"] = grads(lambda b=b: ek.linear_cross_entropy(h, w, y, backend=b))
         providers[f"eurokernels[{b},grad_in_forward]"] = grads(
             lambda b=b: ek.linear_cross_entropy(h, w, y, grad_in_forward=True, backend=b))

@@ -13,16 +13,10 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, benchmark_test
+from .harness import Case, benchmark_test, our_backends
 
 SHAPES = [(t, h) for t in (4096, 8192, 16384) for h in (2048, 4096, 6144)]
 QUICK_SHAPES = [(8192, 4096)]
-
-
-def our_backends(device):
-    if torch.device(device).type == "cuda":
-        return ["triton"] + (["cuda"] if ek._ext.has_cuda_extension() else [])
-    return ["cpu"]
 
 
 @functools.cache
@@ -43,7 +37,8 @@ def _shape_cases(tokens, hidden, device):
     dy = torch.randn_like(x)
     elems, label = tokens * hidden, f"{tokens}x{hidden} bf16"
     eager = lambda x, w: reference.rms_norm(x, w, 1e-6)[0]
-    fwd = {f"eurokernels[{b}]": functools.partial(ek.rms_norm, x, w, backend=b) for b in our_backends(device)}
+    ours = our_backends(device, "rms_norm")
+    fwd = {f"eurokernels[{b}]": functools.partial(ek.rms_norm, x, w, backend=b) for b in ours}
     fwd["eager"] = functools.partial(eager, x, w)
     fwd["compile"] = functools.partial(_compiled_reference(), x, w)
     fwd["floor"] = x.clone
@@ -54,7 +49,7 @@ def _shape_cases(tokens, hidden, device):
     def fwd_bwd(f):
         return lambda: torch.autograd.grad(f(xg, wg), (xg, wg), dy)
 
-    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.rms_norm, backend=b)) for b in our_backends(device)}
+    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.rms_norm, backend=b)) for b in ours}
     both["eager"] = fwd_bwd(eager)
     both["compile"] = fwd_bwd(_compiled_reference())
     both["floor"] = lambda: (x.clone(), torch.add(x, dy))

@@ -17,17 +17,11 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
-from .harness import Case, benchmark_test
+from .harness import Case, benchmark_test, our_backends
 
 N_Q_HEADS, N_KV_HEADS, HEAD_DIM = 32, 8, 128  # EuroLLM-9B
 TOKENS = [4096, 8192, 16384]
 QUICK_TOKENS = [8192]
-
-
-def our_backends(device):
-    if torch.device(device).type == "cuda":
-        return ["triton"] + (["cuda"] if ek._ext.has_cuda_extension() else [])
-    return ["cpu"]
 
 
 def _eager(q, k, cos, sin):
@@ -57,7 +51,7 @@ def _shape_cases(tokens, device):
     meta = dict(tokens=tokens, n_q_heads=N_Q_HEADS, n_kv_heads=N_KV_HEADS, head_dim=HEAD_DIM)
 
     fwd = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, q, k, cos, sin, backend=b)
-           for b in our_backends(device)}
+           for b in our_backends(device, "rotary")}
     fwd["eager"] = functools.partial(_eager, q, k, cos, sin)
     fwd["compile"] = functools.partial(_compiled_reference(), q, k, cos, sin)
     fwd["floor"] = lambda: (q.clone(), k.clone())
@@ -69,7 +63,7 @@ def _shape_cases(tokens, device):
         return lambda: torch.autograd.grad(f(qg, kg), (qg, kg), (dq, dk))
 
     both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.apply_rotary, cos=cos, sin=sin, backend=b))
-            for b in our_backends(device)}
+            for b in our_backends(device, "rotary")}
     both["eager"] = fwd_bwd(functools.partial(_eager, cos=cos, sin=sin))
     both["compile"] = fwd_bwd(functools.partial(_compiled_reference(), cos=cos, sin=sin))
     both["floor"] = lambda: (q.clone(), k.clone(), dq.clone(), dk.clone())
@@ -79,7 +73,7 @@ def _shape_cases(tokens, device):
     # In place: the buffers are rotated again on every call (a rotation keeps them finite and of equal norm).
     qb, kb = q.clone(), k.clone()
     inplace = {f"eurokernels[{b}]": functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend=b)
-               for b in our_backends(device)}
+               for b in our_backends(device, "rotary")}
     inplace["eager"] = functools.partial(ek.apply_rotary, qb, kb, cos, sin, inplace=True, backend="reference")
     inplace["floor"] = lambda: (qb.mul_(1.0), kb.mul_(1.0))
     out.append(Case("rotary", label, "inplace", inplace, bytes=2 * qk_bytes + table_bytes, floor="floor",

@@ -123,6 +123,16 @@ def run_case(case, device, progress=None, max_seconds=20.0):
     return rows
 
 
+def our_backends(device, op):
+    """The compiled backends of ``op`` (eurokernels/manifest.py) to time on ``device``: cpu on CPU (the Triton
+    interpreter is a test tool, not a contender); triton and, when built, cuda on a GPU."""
+    from eurokernels import _ext, manifest
+    device_type = torch.device(device).type
+    return [b for b in manifest.op(op).backends_on(device_type)
+            if b != "reference" and not (device_type == "cpu" and b == "triton")
+            and (b != "cuda" or _ext.has_cuda_extension())]
+
+
 def machine():
     info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
                 processor=platform.processor() or platform.machine(), threads=torch.get_num_threads())

@@ -96,7 +96,8 @@ def measure():
         row = {}
         for label, backend in (("torch", "reference"), ("cpu", "cpu")):
             outs, grads = _run(fn, leaves, grad_of, backend, torch.float32, upstream)
-            errs = {f"out{i}" if len(outs) > 1 else "out": rel_err(o, t) for i, (o, t) in enumerate(zip(outs, truth[0]))}
+            errs = {f"out{i}" if len(outs) > 1 else "out": rel_err(o, t)
+                    for i, (o, t) in enumerate(zip(outs, truth[0]))}
             errs.update({f"d{i}": rel_err(d, t) for i, d, t in zip(grad_of, grads, truth[1])})
             row[label] = errs
         result[name] = row

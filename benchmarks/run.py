@@ -10,9 +10,11 @@ import time
 
 import torch
 
+from eurokernels import manifest
+
 from .harness import format_table, machine, run_case, write_json, write_plots
 
-OPS = ["rms_norm", "rotary", "cross_entropy", "attention"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
+OPS = manifest.benchmarks()  # each has benchmarks/bench_<op>.py with cases(device, quick)
 
 
 def main(argv=None):

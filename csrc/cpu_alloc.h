@@ -1,14 +1,11 @@
 // Fresh output tensors for the CPU kernels.
 //
 // A newly allocated large tensor costs one page fault per 4 KiB page on first write, which on our CI machines is
-// more than the kernel's own memory traffic (a fresh 64 MB output: ~20 ms of faults vs ~8 ms to write it). Where
-// Linux runs transparent huge pages in "madvise" mode (the common default), we advise MADV_HUGEPAGE on the 2 MiB-
-// aligned interior of the buffer and then prefault it with MADV_POPULATE_WRITE (Linux 5.14+), before the kernel
-// writes it. Why the prefault, measured on the project VM (80 MB output, 12 fresh allocations per process):
-//   no advice                          28-34 ms each
-//   MADV_HUGEPAGE, faulted on write    100-140 ms for the first ~5 of every process, then 8-15 ms
-//                                      (no compaction recorded: /proc/vmstat compact_stall stayed 0)
-//   MADV_HUGEPAGE + MADV_POPULATE_WRITE  13-14 ms every time
+// more than the kernel's own memory traffic. Where Linux runs transparent huge pages in "madvise" mode (the common
+// default), we advise MADV_HUGEPAGE on the 2 MiB-aligned interior of the buffer and then prefault it with
+// MADV_POPULATE_WRITE (Linux 5.14+), before the kernel writes it. Why the prefault: huge pages faulted in on first
+// write made the first few fresh outputs of every process several times slower than 4 KiB faults (no compaction
+// involved), while advised and prefaulted ones cost the same every time (figures in the README's CPU section).
 // Advisory only: where a call is refused (older kernel, THP off), the pages fault in on first write as before.
 // Prefaulting never changes data: pages already present are left alone. torch's own allocator advises huge pages
 // when THP_MEM_ALLOC_ENABLE=1 is set; this applies it to our outputs without changing the process.

@@ -1,12 +1,11 @@
 """eurokernels: fused training kernels for Europe's open multilingual LLMs.
 
-Ops (torch.library, namespace ``eurokernels``), each with the backends reference / cpu / triton / cuda:
-  rms_norm; apply_rotary (+ rotary_cos_sin for the tables); attention (no cuda backend yet);
-  softmax, log_softmax (no cuda backend yet), cross_entropy, linear_cross_entropy,
-  vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
+Ops (torch.library, namespace ``eurokernels``) and their backends, from eurokernels/manifest.py:
+{ops}
 Choose a backend per call (``backend=``) or per block (``with eurokernels.use_backend("triton"): ...``);
 CPU tensors default to ``cpu``, CUDA tensors to ``triton``.
 """
+from . import manifest
 from ._backend import BACKENDS, default_backend, use_backend
 from .ops.rms_norm import rms_norm
 from .ops.rotary import apply_rotary, rotary_cos_sin
@@ -17,7 +16,7 @@ from .ops.softmax import log_softmax, softmax
 from .ops.vocab_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 from . import nn, reference
 
-__all__ = ["BACKENDS", "default_backend", "use_backend", "rms_norm", "apply_rotary", "rotary_cos_sin", "attention",
-           "cross_entropy", "linear_cross_entropy", "vocab_parallel_cross_entropy",
-           "vocab_parallel_linear_cross_entropy", "softmax", "log_softmax", "nn", "reference"]
+__all__ = ["BACKENDS", "default_backend", "use_backend", "manifest", "nn", "reference"] + [
+    f for o in manifest.OPS for f in o.functions if "." not in f]  # tests/test_manifest.py: each is imported above
 __version__ = "0.1.0"
+__doc__ = __doc__.format(ops="\n".join(f"  {', '.join(o.functions)}: {', '.join(o.backends)}" for o in manifest.OPS))

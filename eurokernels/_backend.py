@@ -14,7 +14,7 @@ import os
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+from .manifest import BACKENDS
 
 # A plain module global (not a contextvar): torch.compile guards on it without a graph break. The override is
 # process-wide, like torch.backends flags.

@@ -12,28 +12,32 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from eurokernels import _ext  # noqa: E402
+from eurokernels import _ext, manifest  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def backends_for(device):
-    """The backends that run on ``device`` here (triton on CPU through the interpreter)."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return ["reference", "cpu", "triton"]
-    return ["reference", "triton"] + (["cuda"] if _ext.has_cuda_extension() else [])
+def backends_for(device, op):
+    """The backends of ``op`` (a family in eurokernels/manifest.py) that run on ``device`` here: the manifest's,
+    less cuda where the CUDA extension was not built (triton runs on CPU through the interpreter)."""
+    backends = manifest.op(op).backends_on(torch.device(device).type)
+    return [b for b in backends if b != "cuda" or _ext.has_cuda_extension()]
 
 
 def pytest_generate_tests(metafunc):
     """The `device` argument: every device present (CPU, and CUDA when available). A test that also takes
-    `backend` runs once per (device, backend that runs there)."""
+    `backend` runs once per (device, backend of its module's op that runs there): each such test module names its
+    op family in a module-level ``OP``."""
     if "device" not in metafunc.fixturenames:
         return
     if any("device" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
         return  # the test chooses its own devices
     if "backend" in metafunc.fixturenames:
-        pairs = [(torch.device(d), b) for d in DEVICES for b in backends_for(d)]
+        op = getattr(metafunc.module, "OP", None)
+        if op is None:
+            raise pytest.UsageError(f"{metafunc.module.__name__}: a test taking `backend` needs a module-level OP "
+                                    f"naming its op family in eurokernels/manifest.py")
+        pairs = [(torch.device(d), b) for d in DEVICES for b in backends_for(d, op)]
         metafunc.parametrize(("device", "backend"), pairs, ids=[f"{d.type}-{b}" for d, b in pairs])
     else:
         metafunc.parametrize("device", [torch.device(d) for d in DEVICES], ids=DEVICES)

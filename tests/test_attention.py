@@ -8,6 +8,8 @@ import eurokernels as ek
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error, max_err
 
+OP = "attention"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -9,6 +9,8 @@ import eurokernels as ek
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error
 
+OP = "cross_entropy"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 IGNORE = -100
 # Vocabulary sizes: 1 and 7 (below the CPU vector width and the smallest Triton block), 4096 (one full block),

@@ -14,6 +14,8 @@ from eurokernels import _ext
 from test_cross_entropy import DTYPES, IGNORE, assert_compiled_grads_match, truth
 from tolerances import assert_within_torch_error
 
+OP = "linear_cross_entropy"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 
 def linear_truth(h, w, b, labels, reduction, **opts):
     return truth(F.linear(h, w, b), labels, reduction=reduction, **opts)[0]

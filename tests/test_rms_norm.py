@@ -7,6 +7,8 @@ import eurokernels as ek
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error, max_err
 
+OP = "rms_norm"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Hidden sizes straddling the kernels' block boundaries: 1 and 7 (below the smallest block and the CPU vector
 # width), 127 (one short of a power of two), 4096 (a full block), 5120 (a non-power-of-two model size), 65537 and

@@ -11,6 +11,8 @@ from eurokernels import _ext
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error
 
+OP = "rotary"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 

@@ -8,6 +8,8 @@ from eurokernels import _ext
 from eurokernels import reference as ref
 from tolerances import assert_within_torch_error
 
+OP = "softmax"  # the op family in eurokernels/manifest.py: which backends the `backend` tests run
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # 1 and 7 (below the vector width / smallest block), 4096 (one full block), 8193 (one past the largest Triton block:
 # the looped path with a one-element tail), 128000 and 256000 (real vocabularies: many blocks).

@@ -24,14 +24,10 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-# The modules whose `aot_specs()` list the Triton kernels to check. Each op adds its module here.
-SPEC_MODULES = [
-    "eurokernels.triton.rms_norm",
-    "eurokernels.triton.rotary",
-    "eurokernels.triton.attention",
-    "eurokernels.triton.cross_entropy",
-    "eurokernels.triton.softmax",
-]
+from .. import manifest
+
+# Every Triton module that holds kernels (eurokernels/manifest.py), each with its aot_specs().
+SPEC_MODULES = [f"eurokernels.triton.{m}" for m in manifest.triton_modules()]
 
 # The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.
 TARGETS = {

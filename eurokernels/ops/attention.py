@@ -18,8 +18,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext
+from .._registry import define_op, kernel_table
 
 MAX_HEAD_DIM = 256
 
@@ -209,12 +208,8 @@ _fwd = define_op(
     "attention",
     "(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k,"
     " float softmax_scale, int window_left, int window_right, float softcap, str backend) -> (Tensor, Tensor)",
-    impls={
-        "reference": _reference_forward,
-        "cpu": _forward_packed(lambda *a: _cpu_ext().attention_fwd(*a)),
-        "triton": _forward_packed(lazy("eurokernels.triton.attention", "forward")),
-    },
-    fake=_fake_forward,
+    impls={b: _forward_packed(k) for b, k in kernel_table("attention", "forward", _reference_forward).items()},
+    fake=_fake_forward, family="attention",
 )
 
 _bwd = define_op(
@@ -222,12 +217,8 @@ _bwd = define_op(
     "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k,"
     " int max_seqlen_q, int max_seqlen_k, float softmax_scale, int window_left, int window_right, float softcap,"
     " str backend) -> (Tensor, Tensor, Tensor)",
-    impls={
-        "reference": _reference_backward,
-        "cpu": _backward_packed(lambda *a: _cpu_ext().attention_bwd(*a)),
-        "triton": _backward_packed(lazy("eurokernels.triton.attention", "backward")),
-    },
-    fake=_fake_backward,
+    impls={b: _backward_packed(k) for b, k in kernel_table("attention", "backward", _reference_backward).items()},
+    fake=_fake_backward, family="attention",
 )
 
 

@@ -23,8 +23,7 @@ values are then gone after the backward; use it when nothing else reads them (e.
 head matmul, whose backward needs only its inputs). Autograd's version counter catches misuse by saved tensors.
 Non-contiguous logits fall back to a fresh gradient buffer (the kernels would need a contiguous copy anyway). Without
 it, the cpu backend asks Linux for transparent huge pages on the fresh gradient buffer (as csrc/cpu_alloc.h), which
-removes most of the page-fault cost where THP is in "madvise" mode (2048 x 128000 bf16 forward + backward here,
-loaded machine: 1.1-1.4 s before, 0.8 s after; torch.compile 1.2 s).
+removes most of the page-fault cost where THP is in "madvise" mode (measured in the README's benchmark section).
 
 Labels out of range (other than ignore_index): the cpu and reference backends raise on CPU tensors; on GPU (triton,
 cuda, reference on CUDA) checking would need a host sync, so such a token gets a NaN loss and a NaN gradient row,
@@ -34,8 +33,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._registry import define_op, kernel_table
 
 REDUCTIONS = ("none", "sum", "mean")
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -135,12 +133,7 @@ def _reference_kernel(logits, labels, lse_in, row_scale, dlse, grad_out, ignore_
     return loss, lse
 
 
-KERNELS = {
-    "reference": _reference_kernel,
-    "cpu": lambda *a: _cpu_ext().cross_entropy(*a),
-    "triton": lazy("eurokernels.triton.cross_entropy", "cross_entropy"),
-    "cuda": lambda *a: _cuda_ext().cross_entropy(*a),
-}
+KERNELS = kernel_table("cross_entropy", "forward_backward", _reference_kernel)
 
 
 def rows_2d(logits, labels):
@@ -192,21 +185,21 @@ _fwd = define_op(
     "cross_entropy",
     f"(Tensor logits, Tensor labels, {_OPTS}, bool inplace_backward, str backend) -> (Tensor, Tensor)",
     impls={b: _forward_impl(b) for b in KERNELS},
-    fake=_fake_forward,
+    fake=_fake_forward, family="cross_entropy",
 )
 
 _bwd = define_op(
     "cross_entropy_backward",
     "(" + _BWD_ARGS.format(logits="Tensor logits") + ") -> Tensor",
     impls={b: _backward_impl(b, inplace=False) for b in KERNELS},
-    fake=_fake_backward,
+    fake=_fake_backward, family="cross_entropy",
 )
 
 _bwd_inplace = define_op(
     "cross_entropy_backward_",
     "(" + _BWD_ARGS.format(logits="Tensor(a!) logits") + ") -> ()",
     impls={b: _backward_impl(b, inplace=True) for b in KERNELS},
-    fake=lambda *args: None,
+    fake=lambda *args: None, family="cross_entropy",
     mutates_args=("logits",),
 )
 

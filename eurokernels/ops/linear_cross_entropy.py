@@ -281,20 +281,28 @@ def _rows(hidden, labels):
     return _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
 
 
-def _forward_impl(backend):
+# --- backends: the reference is the plain formula on materialized logits (the oracle); every compiled backend runs
+# the tiling engine above over its own cross-entropy kernel ---------------------------------------------------------
+
+def _reference_forward(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap, token_chunk,
+                       vocab_chunk):
+    h2, l1 = _rows(hidden, labels)
+    _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
+    loss, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, ignore_index, label_smoothing, z_loss, softcap)
+    return loss.view(labels.shape), lse.view(labels.shape)
+
+
+def _tiled_forward(kernel):
     def run(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap, token_chunk, vocab_chunk):
         h2, l1 = _rows(hidden, labels)
         opts = (ignore_index, label_smoothing, z_loss, softcap)
-        if backend == "reference":
-            _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
-            loss, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, *opts)
-        else:
-            loss, lse = tiled_forward(KERNELS[backend], h2, weight, bias, l1, opts, token_chunk, vocab_chunk)
+        loss, lse = tiled_forward(kernel, h2, weight, bias, l1, opts, token_chunk, vocab_chunk)
         return loss.view(labels.shape), lse.view(labels.shape)
     return run
 
 
-def _backward_impl(backend):
+def _backward_impl(engine):
+    """engine(dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk, vocab_chunk) -> (dh2, dw, db)."""
     def run(dloss, dlse, hidden, weight, bias, labels, lse, ignore_index, label_smoothing, z_loss, softcap,
             token_chunk, vocab_chunk):
         h2, l1 = _rows(hidden, labels)
@@ -302,13 +310,25 @@ def _backward_impl(backend):
         dloss = dloss.reshape(-1).float().contiguous()
         dlse = None if dlse is None else dlse.reshape(-1).float().contiguous()
         lse = lse.reshape(-1).float().contiguous()
-        if backend == "reference":
-            dh, dw, db = ref.linear_cross_entropy_backward(dloss, dlse, h2, weight, bias, l1, lse, *opts)
-        else:
-            dh, dw, db = tiled_backward(KERNELS[backend], dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk,
-                                        vocab_chunk)
+        dh, dw, db = engine(dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk, vocab_chunk)
         return dh.view(hidden.shape), dw, db
     return run
+
+
+def _reference_backward_engine(dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk, vocab_chunk):
+    return ref.linear_cross_entropy_backward(dloss, dlse, h2, weight, bias, l1, lse, *opts)
+
+
+def _tiled_backward_engine(kernel):
+    def engine(dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk, vocab_chunk):
+        return tiled_backward(kernel, dloss, dlse, h2, weight, bias, l1, lse, opts, token_chunk, vocab_chunk)
+    return engine
+
+
+_COMPILED = {b: k for b, k in KERNELS.items() if b != "reference"}
+_FORWARD = {"reference": _reference_forward, **{b: _tiled_forward(k) for b, k in _COMPILED.items()}}
+_BACKWARD = {"reference": _backward_impl(_reference_backward_engine),
+             **{b: _backward_impl(_tiled_backward_engine(k)) for b, k in _COMPILED.items()}}
 
 
 def _fake_forward(hidden, weight, bias, labels, *args):
@@ -326,16 +346,16 @@ _OPTS = "int ignore_index, float label_smoothing, float z_loss, float softcap, i
 _fwd = define_op(
     "linear_cross_entropy",
     f"(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, {_OPTS}, str backend) -> (Tensor, Tensor)",
-    impls={b: _forward_impl(b) for b in KERNELS},
-    fake=_fake_forward,
+    impls=_FORWARD,
+    fake=_fake_forward, family="linear_cross_entropy",
 )
 
 _bwd = define_op(
     "linear_cross_entropy_backward",
     f"(Tensor dloss, Tensor? dlse, Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor lse, {_OPTS}, "
     "str backend) -> (Tensor, Tensor, Tensor)",
-    impls={b: _backward_impl(b) for b in KERNELS},
-    fake=_fake_backward,
+    impls=_BACKWARD,
+    fake=_fake_backward, family="linear_cross_entropy",
 )
 
 
@@ -357,19 +377,23 @@ def _backward(ctx, dloss, dlse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _grad_in_forward_impl(backend):
+def _reference_grad_in_forward(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap,
+                               token_chunk, mean):
+    h2, l1 = _rows(hidden, labels)
+    opts = (ignore_index, label_smoothing, z_loss, softcap)
+    _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
+    loss_rows, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, *opts)
+    valid = l1 != ignore_index
+    scale = valid.to(loss_rows.dtype) / (valid.sum().clamp(min=1) if mean else 1)
+    dh, dw, db = ref.linear_cross_entropy_backward(scale, None, h2, weight, bias, l1, lse, *opts)
+    return (loss_rows * scale).sum(), dh.view(hidden.shape), dw, db
+
+
+def _tiled_grad_in_forward(kernel):
     def run(hidden, weight, bias, labels, ignore_index, label_smoothing, z_loss, softcap, token_chunk, mean):
         h2, l1 = _rows(hidden, labels)
         opts = (ignore_index, label_smoothing, z_loss, softcap)
-        if backend == "reference":
-            _check_labels_on_cpu(l1, ignore_index, weight.shape[0])
-            loss_rows, lse = ref.cross_entropy(ref.linear(h2, weight, bias), l1, *opts)
-            valid = l1 != ignore_index
-            scale = valid.to(loss_rows.dtype) / (valid.sum().clamp(min=1) if mean else 1)
-            dh, dw, db = ref.linear_cross_entropy_backward(scale, None, h2, weight, bias, l1, lse, *opts)
-            loss = (loss_rows * scale).sum()
-        else:
-            loss, dh, dw, db = forward_with_grads(KERNELS[backend], h2, weight, bias, l1, opts, token_chunk, mean)
+        loss, dh, dw, db = forward_with_grads(kernel, h2, weight, bias, l1, opts, token_chunk, mean)
         return loss, dh.view(hidden.shape), dw, db
     return run
 
@@ -382,8 +406,9 @@ _fwd_grads = define_op(
     "linear_cross_entropy_grad_in_forward",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, int ignore_index, float label_smoothing, "
     "float z_loss, float softcap, int token_chunk, bool mean, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
-    impls={b: _grad_in_forward_impl(b) for b in KERNELS},
-    fake=_fake_grad_in_forward,
+    impls={"reference": _reference_grad_in_forward,
+           **{b: _tiled_grad_in_forward(k) for b, k in _COMPILED.items()}},
+    fake=_fake_grad_in_forward, family="linear_cross_entropy",
 )
 
 

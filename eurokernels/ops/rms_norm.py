@@ -10,8 +10,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._registry import define_op, kernel_table
 
 CASTINGS = {"llama": 0, "gemma": 1, "none": 2}  # values match enum Casting in csrc/rms_norm/rms_norm_common.h
 
@@ -84,14 +83,16 @@ def _backward_2d(kernel):
     return run
 
 
-def _reference_forward(x, weight, residual, eps, offset, casting):
-    y, residual_out, rstd = ref.rms_norm(x, weight, eps, offset, residual, casting)
-    return y, (x.new_empty(0) if residual_out is None else residual_out), rstd
+def _reference_forward(x2, weight, residual2, eps, offset, casting_code):
+    """eurokernels/reference.py with the compiled kernels' arguments (the casting as its code)."""
+    casting = next(name for name, code in CASTINGS.items() if code == casting_code)
+    y, residual_out, rstd = ref.rms_norm(x2, weight, eps, offset, residual2, casting)
+    return y, (x2.new_empty(0) if residual_out is None else residual_out), rstd
 
 
-def _reference_backward(dy, h, weight, rstd, dresidual_out, offset):
-    dx, dw = ref.rms_norm_backward(dy, h, weight, rstd, dresidual_out, offset)
-    return dx, (h.new_empty(0) if dw is None else dw)
+def _reference_backward(dy2, h2, weight, rstd, dresidual2, offset):
+    dx, dw = ref.rms_norm_backward(dy2, h2, weight, rstd, dresidual2, offset)
+    return dx, (h2.new_empty(0) if dw is None else dw)
 
 
 def _fake_forward(x, weight, residual, eps, offset, casting):
@@ -109,26 +110,16 @@ _fwd = define_op(
     "rms_norm",
     "(Tensor x, Tensor? weight, Tensor? residual, float eps, float offset, str casting, str backend)"
     " -> (Tensor, Tensor, Tensor)",
-    impls={
-        "reference": _reference_forward,
-        "cpu": _forward_2d(lambda *a: _cpu_ext().rms_norm_fwd(*a)),
-        "triton": _forward_2d(lazy("eurokernels.triton.rms_norm", "forward")),
-        "cuda": _forward_2d(lambda *a: _cuda_ext().rms_norm_fwd(*a)),
-    },
-    fake=_fake_forward,
+    impls={b: _forward_2d(k) for b, k in kernel_table("rms_norm", "forward", _reference_forward).items()},
+    fake=_fake_forward, family="rms_norm",
 )
 
 _bwd = define_op(
     "rms_norm_backward",
     "(Tensor dy, Tensor h, Tensor? weight, Tensor rstd, Tensor? dresidual_out, float offset, str backend)"
     " -> (Tensor, Tensor)",
-    impls={
-        "reference": _reference_backward,
-        "cpu": _backward_2d(lambda *a: _cpu_ext().rms_norm_bwd(*a)),
-        "triton": _backward_2d(lazy("eurokernels.triton.rms_norm", "backward")),
-        "cuda": _backward_2d(lambda *a: _cuda_ext().rms_norm_bwd(*a)),
-    },
-    fake=_fake_backward,
+    impls={b: _backward_2d(k) for b, k in kernel_table("rms_norm", "backward", _reference_backward).items()},
+    fake=_fake_backward, family="rms_norm",
 )
 
 

@@ -18,8 +18,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._registry import define_op, kernel_table
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -186,20 +185,22 @@ def _kernel_impl(kernel):
     return out_of_place, in_place
 
 
-def _reference_forward(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
-    _check_values(q, cos, position_ids, cu_seqlens)
-    return ref.apply_rotary(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate)
+def _reference_kernel(q4, k4, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
+    """eurokernels/reference.py with the compiled kernels' arguments: 4-D q/k (packed tokens as one row), flat
+    position_ids, optional outputs (q_out is q4 itself in place)."""
+    packed = cu_seqlens is not None
+    q, k = (q4[0], k4[0]) if packed else (q4, k4)
+    q_rot, k_rot = ref.apply_rotary(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate)
+    if packed:
+        q_rot, k_rot = q_rot[None], k_rot[None]
+    if q_out is None:
+        return q_rot, k_rot
+    q_out.copy_(q_rot)
+    k_out.copy_(k_rot)
+    return q_out, k_out
 
 
-def _reference_inplace(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
-    q_out, k_out = _reference_forward(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate)
-    q.copy_(q_out)
-    k.copy_(k_out)
-
-
-_cpu_fwd, _cpu_inplace = _kernel_impl(lambda *a: _cpu_ext().rotary(*a))
-_triton_fwd, _triton_inplace = _kernel_impl(lazy("eurokernels.triton.rotary", "rotary"))
-_cuda_fwd, _cuda_inplace = _kernel_impl(lambda *a: _cuda_ext().rotary(*a))
+_IMPLS = {b: _kernel_impl(k) for b, k in kernel_table("rotary", "rotate", _reference_kernel).items()}
 
 
 def _fake_forward(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
@@ -216,14 +217,14 @@ _ARGS = ("Tensor cos, Tensor sin, Tensor? position_ids, Tensor? cu_seqlens, bool
 
 _fwd = define_op(
     "rotary", f"(Tensor q, Tensor k, {_ARGS}) -> (Tensor, Tensor)",
-    impls={"reference": _reference_forward, "cpu": _cpu_fwd, "triton": _triton_fwd, "cuda": _cuda_fwd},
-    fake=_fake_forward,
+    impls={b: out_of_place for b, (out_of_place, _) in _IMPLS.items()},
+    fake=_fake_forward, family="rotary",
 )
 
 _inplace = define_op(
     "rotary_", f"(Tensor(a!) q, Tensor(b!) k, {_ARGS}) -> ()",
-    impls={"reference": _reference_inplace, "cpu": _cpu_inplace, "triton": _triton_inplace, "cuda": _cuda_inplace},
-    fake=_fake_inplace, mutates_args=("q", "k"),
+    impls={b: in_place for b, (_, in_place) in _IMPLS.items()},
+    fake=_fake_inplace, family="rotary", mutates_args=("q", "k"),
 )
 
 

@@ -15,8 +15,7 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._registry import define_op, kernel_table
 
 
 def softmax(x, dim=-1, *, backend=None):
@@ -65,24 +64,14 @@ def _fake_backward(dy, x, lse, log):
 
 _fwd = define_op(
     "softmax", "(Tensor x, bool log, str backend) -> (Tensor, Tensor)",
-    impls={
-        "reference": ref.softmax,
-        "cpu": _forward_2d(lambda *a: _cpu_ext().softmax_fwd(*a)),
-        "triton": _forward_2d(lazy("eurokernels.triton.softmax", "forward")),
-        "cuda": _forward_2d(lambda *a: _cuda_ext().softmax_fwd(*a)),
-    },
-    fake=_fake,
+    impls={b: _forward_2d(k) for b, k in kernel_table("softmax", "forward", ref.softmax).items()},
+    fake=_fake, family="softmax",
 )
 
 _bwd = define_op(
     "softmax_backward", "(Tensor dy, Tensor x, Tensor lse, bool log, str backend) -> Tensor",
-    impls={
-        "reference": ref.softmax_backward,
-        "cpu": _backward_2d(lambda *a: _cpu_ext().softmax_bwd(*a)),
-        "triton": _backward_2d(lazy("eurokernels.triton.softmax", "backward")),
-        "cuda": _backward_2d(lambda *a: _cuda_ext().softmax_bwd(*a)),
-    },
-    fake=_fake_backward,
+    impls={b: _backward_2d(k) for b, k in kernel_table("softmax", "backward", ref.softmax_backward).items()},
+    fake=_fake_backward, family="softmax",
 )
 
 
