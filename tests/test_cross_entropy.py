@@ -371,3 +371,61 @@ def test_errors():
     for kwargs, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             ek.cross_entropy(**kwargs)
+
+
+# --- per-token weights and the loss dtype (shared by every loss op: eurokernels/ops/_ce_core.py) ------------------
+
+def weighted_truth(logits, labels, weights, reduction):
+    """fp64: each non-ignored token's loss times its weight; "mean" divides by the sum of those weights."""
+    rows = F.cross_entropy(logits.double(), labels, ignore_index=IGNORE, reduction="none")
+    w = torch.where(labels != IGNORE, weights.double(), 0.0)
+    if reduction == "none":
+        return rows * w
+    return (rows * w).sum() / (w.sum() if reduction == "mean" else 1.0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_token_weights(device, backend, reduction):
+    logits, labels = make(9, 300, torch.float32, device, ignore=(1, 4))
+    weights = torch.rand(9, device=device) + 0.25
+    weights[4] = float("nan")  # an ignored token's weight never matters
+    x = logits.clone().requires_grad_()
+    loss = ek.cross_entropy(x, labels, reduction=reduction, token_weights=weights, backend=backend)
+    xt = logits.double().requires_grad_()
+    expected = weighted_truth(xt, labels, weights, reduction)
+    upstream = torch.rand_like(expected)
+    (loss * upstream.float()).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), xt.grad, rtol=1e-4, atol=1e-6)
+    # Unit weights are the unweighted loss; all-ignored with "mean" is 0 with a zero gradient, never NaN.
+    ones = ek.cross_entropy(logits, labels, reduction=reduction, token_weights=torch.ones(9, device=device),
+                            backend=backend)
+    torch.testing.assert_close(ones, ek.cross_entropy(logits, labels, reduction=reduction, backend=backend))
+    x = logits.clone().requires_grad_()
+    none = ek.cross_entropy(x, torch.full_like(labels, IGNORE), token_weights=weights, backend=backend)
+    none.backward()
+    assert none.item() == 0 and (x.grad == 0).all()
+
+
+def test_loss_dtype(device, backend):
+    logits, labels = make(6, 500, torch.bfloat16, device)
+    default = ek.cross_entropy(logits, labels, backend=backend)
+    fp32 = ek.cross_entropy(logits, labels, loss_dtype=torch.float32, backend=backend)
+    assert default.dtype == torch.bfloat16 and fp32.dtype == torch.float32
+    assert fp32.bfloat16() == default  # one value, rounded once
+    torch.testing.assert_close(fp32.double(), truth(logits.double(), labels, reduction="mean")[0], rtol=2e-6,
+                               atol=0)
+
+
+def test_weighting_errors(device):
+    logits, labels = make(4, 10, torch.float32, device)
+    with pytest.raises(ValueError, match="token_weights: expected shape"):
+        ek.cross_entropy(logits, labels, token_weights=torch.ones(5, device=device))
+    with pytest.raises(TypeError, match="token_weights"):
+        ek.cross_entropy(logits, labels, token_weights=torch.ones(4, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="loss_dtype"):
+        ek.cross_entropy(logits, labels, loss_dtype=torch.float16)
+    with pytest.raises(ValueError, match="token_weights"):
+        ek.linear_cross_entropy(torch.randn(4, 3, device=device), torch.randn(10, 3, device=device), labels,
+                                token_weights=torch.ones(2, device=device))

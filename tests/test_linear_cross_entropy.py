@@ -169,8 +169,8 @@ def test_linear_cross_entropy_memory_bounded_by_chunk():
     labels = torch.randint(0, v, (n,))
     opts = (IGNORE, 0.0, 0.0, 0.0)
     with LiveMemory() as ours:
-        loss, lse = lce._forward_impl("cpu")(h, w, None, labels, *opts, *tile)
-        grads = lce._backward_impl("cpu")(torch.full((n,), 1.0 / n), None, h, w, None, labels, lse, *opts, *tile)
+        loss, lse = lce._FORWARD["cpu"](h, w, None, labels, *opts, *tile)
+        grads = lce._BACKWARD["cpu"](torch.full((n,), 1.0 / n), None, h, w, None, labels, lse, *opts, *tile)
     nv_bytes = n * v * 4
     grad_bytes = (n * hdim + v * hdim) * 4  # the gradients themselves (outputs) + d_hidden's fp32 accumulator
     tile_bytes = tile[0] * tile[1] * 4
@@ -204,7 +204,7 @@ def test_linear_opcheck(device, backend):
     opts = (IGNORE, 0.1, 1e-3, 4.0, 4, 8)
     torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy.default, (h, w, b, labels, *opts, backend))
     torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_grad_in_forward.default,
-                          (h, w, b, labels, *opts[:-1], True, backend))
+                          (h, w, b, labels, *opts[:-1], torch.full((6,), 0.2, device=device), backend))
     lse = torch.randn(6, device=device)
     torch.library.opcheck(torch.ops.eurokernels.linear_cross_entropy_backward.default,
                           (torch.randn(6, device=device), None, h.detach(), w.detach(), b.detach(), labels, lse,
@@ -240,3 +240,28 @@ def test_linear_errors():
             ek.linear_cross_entropy(**kwargs)
     with pytest.raises((IndexError, RuntimeError), match="out of range"):
         ek.linear_cross_entropy(h, w, torch.tensor([0, 1, 10, 2]), backend="cpu")
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_linear_token_weights(device, backend, reduction, grad_in_forward):
+    # Both paths (tiled backward, and the gradients computed in the forward with the weights in the row scale)
+    # against the fp64 formula on materialized logits; two token chunks on the grad_in_forward path.
+    from test_cross_entropy import weighted_truth
+    n, hdim, v = 10, 8, 37
+    h = torch.randn(n, hdim, device=device)
+    w = torch.randn(v, hdim, device=device) * 0.3
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[[2, 7]] = IGNORE
+    weights = torch.rand(n, device=device) * 2
+    ins = [h.clone().requires_grad_(), w.clone().requires_grad_()]
+    loss = ek.linear_cross_entropy(*ins, labels, reduction=reduction, token_weights=weights, loss_dtype=torch.float32,
+                                   chunk_size=(4, 16), grad_in_forward=grad_in_forward, backend=backend)
+    ins_t = [h.double().requires_grad_(), w.double().requires_grad_()]
+    expected = weighted_truth(ins_t[0] @ ins_t[1].t(), labels, weights, reduction)
+    loss.backward()
+    expected.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=1e-6)
+    for ours, ref_ in zip(ins, ins_t):
+        torch.testing.assert_close(ours.grad.double(), ref_.grad, rtol=1e-4, atol=1e-5)

@@ -55,6 +55,15 @@ def _check_rank(rank, world, backend):
             torch.testing.assert_close(insp[0].grad, ins1[0].grad, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(insp[1].grad, ins1[1].grad[sl], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(insp[2].grad, ins1[2].grad[sl], atol=1e-5, rtol=1e-5)
+    # Per-token weights and an fp32 loss, both variants (the weighting is the shared reduction: the same values).
+    weights = torch.linspace(0.2, 2.0, n)
+    for reduction in ("mean", "sum"):
+        kw = dict(reduction=reduction, token_weights=weights, loss_dtype=torch.float32, backend=backend)
+        torch.testing.assert_close(ek.vocab_parallel_cross_entropy(logits[:, sl], labels, **kw),
+                                   ek.cross_entropy(logits, labels, **kw), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ek.vocab_parallel_linear_cross_entropy(h, w[sl], labels, bias_shard=b[sl], **kw),
+            ek.linear_cross_entropy(h, w, labels, bias=b, **kw), atol=1e-5, rtol=1e-5)
 
 
 def _worker(rank, world, tmp, backend):

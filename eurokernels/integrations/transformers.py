@@ -355,31 +355,10 @@ def causal_lm_loss(model, hidden, labels, *, num_items_in_batch=None, ignore_ind
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     reduction = "mean" if num_items_in_batch is None else "sum"
-    loss, lse = _linear_cross_entropy(hidden, head.weight, shift_labels, bias=head.bias, ignore_index=ignore_index,
-                                      softcap=softcap, reduction=reduction, return_lse=True)
-    if loss.dtype != torch.float32:
-        loss = _fp32_value(loss, lse, hidden, head, shift_labels, ignore_index, softcap, reduction)
+    loss = _linear_cross_entropy(hidden, head.weight, shift_labels, bias=head.bias, ignore_index=ignore_index,
+                                 softcap=softcap, reduction=reduction, loss_dtype=torch.float32)
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
         loss = loss / num_items_in_batch
     return loss
-
-
-def _fp32_value(loss, lse, hidden, head, labels, ignore_index, softcap, reduction):
-    """``loss`` (rounded to bf16/fp16 by linear_cross_entropy) as float32 with its value recomputed in fp32 from
-    the op's fp32 log-sum-exp: loss_t = lse_t - cap(h_t . w[label_t] + b[label_t]) -- O(tokens x hidden) work. The
-    gradient is the op's (the correction is a detached constant)."""
-    with torch.no_grad():
-        valid = labels != ignore_index
-        rows = torch.where(valid, labels, 0)
-        target = (hidden.float() * head.weight[rows].float()).sum(-1)
-        if head.bias is not None:
-            target = target + head.bias[rows].float()
-        if softcap:
-            target = softcap * torch.tanh(target / softcap)
-        exact = torch.where(valid, lse - target, 0.0).sum()
-        if reduction == "mean":
-            exact = exact / valid.sum().clamp(min=1)
-    loss = loss.float()
-    return loss + (exact - loss).detach()

@@ -14,8 +14,9 @@ lse and writes the gradient in one sweep, scaled by that upstream gradient. Writ
 forward (as Liger does) would cost more here, not less: the upstream gradient is only known in the backward, so a
 second full pass (read + write of [tokens, V]) would be needed to scale it -- 8 bytes per bf16 element in total
 against 6 -- unless it is read on the host (a sync, which breaks fullgraph compile). The fused forward + gradient
-sweep does exist (``KERNELS[backend]`` with ``grad_out`` and no ``lse_in``): linear_cross_entropy's grad_in_forward
-path uses it, because there the scaling applies to the much smaller hidden / weight gradients instead.
+sweep does exist (``_ce_core.KERNELS[backend]`` with ``grad_out`` and no ``lse_in``): linear_cross_entropy's
+grad_in_forward path uses it, because there the scaling applies to the much smaller hidden / weight gradients
+instead.
 
 ``inplace_backward=True`` writes the gradient into the logits' storage (no fresh [tokens, V] buffer: on CPU a fresh
 buffer costs page faults on first touch, and on any device it halves the peak memory of the loss head). The logits'
@@ -33,14 +34,13 @@ import torch
 
 from .. import _backend, _checks
 from .. import reference as ref
-from .._registry import define_op, kernel_table
-
-REDUCTIONS = ("none", "sum", "mean")
-LABEL_DTYPES = (torch.int64, torch.int32)
+from .._registry import define_op
+from ._ce_core import KERNELS, check_loss_args, check_weighting, finish, flat, reduce_loss, rows_2d
 
 
 def cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
-                  reduction="mean", return_lse=False, inplace_backward=False, backend=None):
+                  reduction="mean", return_lse=False, inplace_backward=False, token_weights=None, loss_dtype=None,
+                  backend=None):
     """Cross-entropy of ``logits`` against class indices ``labels``, fused and memory-light for large vocabularies.
 
     Args:
@@ -54,95 +54,25 @@ def cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_l
             is ignored, and then the gradient is 0, not NaN).
         return_lse: also return the per-token log-sum-exp of the (capped) logits, fp32, labels' shape.
         inplace_backward: write the logits' gradient into their own storage (see the module docstring).
+        token_weights: ``[...]`` float per-token weights (labels' shape), or None: each token's loss and gradient
+            are scaled by its weight, and "mean" divides by the sum of the non-ignored tokens' weights (not by
+            their count). Multilingual training balances languages this way. (Not ``weight``: torch's class
+            weights.)
+        loss_dtype: None (the logits' dtype, as torch) or torch.float32 (an fp32 loss, as Hugging Face reports).
         backend: "reference" | "cpu" | "triton" | "cuda" | None (see eurokernels.use_backend).
 
     Returns:
-        ``loss`` in the logits' dtype (computed in fp32), or ``(loss, lse)`` with ``return_lse``.
+        ``loss`` (computed in fp32), or ``(loss, lse)`` with ``return_lse``.
     """
     _checks.check_tensor("logits", logits, dtypes=None, min_dim=1)
     backend = _backend.resolve(backend, logits)
-    softcap = _check(logits, labels, ignore_index, label_smoothing, z_loss, softcap, reduction,
-                     _checks.float_dtypes(backend))
+    softcap = check_loss_args(logits, labels, ignore_index, label_smoothing, z_loss, softcap, reduction,
+                              _checks.float_dtypes(backend))
+    check_weighting(token_weights, labels, loss_dtype)
     loss, lse = torch.ops.eurokernels.cross_entropy(logits, labels, int(ignore_index), float(label_smoothing),
                                                     float(z_loss), softcap, bool(inplace_backward), backend)
-    loss = reduce_loss(loss, labels, ignore_index, reduction).to(logits.dtype)
+    loss = finish(reduce_loss(loss, labels, ignore_index, reduction, token_weights), logits.dtype, loss_dtype)
     return (loss, lse) if return_lse else loss
-
-
-def reduce_loss(loss, labels, ignore_index, reduction):
-    """Reduce per-token fp32 losses; "mean" divides by the non-ignored count (at least 1: no NaN, no host sync)."""
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    return total / (labels != ignore_index).sum().clamp(min=1)
-
-
-def _check(logits, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes):
-    """Validate the user arguments shared by every cross-entropy variant; returns softcap as a float (0: none)."""
-    _checks.check_tensor("logits", logits, dtypes=dtypes, min_dim=1)
-    _checks.check_tensor("labels", labels, dtypes=LABEL_DTYPES)
-    _checks.check_same_device("labels", labels, "logits", logits)
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels: expected shape {tuple(logits.shape[:-1])} (logits' shape without the vocabulary "
-                         f"dimension), got {tuple(labels.shape)}")
-    if logits.shape[-1] == 0:
-        raise ValueError("logits: expected at least one class (last dimension 0)")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    _checks.check_number("label_smoothing", label_smoothing, min_value=0.0)
-    if label_smoothing > 1.0:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
-    _checks.check_number("z_loss", z_loss, min_value=0.0)
-    if softcap is not None:
-        _checks.check_number("softcap", softcap)
-        if softcap <= 0:
-            raise ValueError(f"softcap: expected a positive number or None, got {softcap}")
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
-    return float(softcap or 0.0)
-
-
-# --- kernels: one calling convention for every backend ------------------------------------------------------------
-# kernel(logits [rows, V] unit stride along V, labels [rows] int64 contiguous, lse_in, row_scale, dlse, grad_out,
-#        ignore_index, label_smoothing, z_loss, softcap, vocab_start, vocab_total) -> (loss [rows], lse [rows])
-# lse_in None: forward (loss, lse); grad_out given: also write the gradient (scaled per row by row_scale, plus
-# dlse * p) into grad_out, which may be the logits themselves. lse_in given: backward only (gradient from lse_in).
-# linear_cross_entropy and vocab_parallel_cross_entropy call these directly (inside their own ops).
-
-
-def _check_labels_on_cpu(labels, ignore_index, vocab_total):
-    if labels.device.type == "cpu":  # a CPU tensor: checking costs no device sync
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_total))
-        if bool(bad.any()):
-            pos = int(bad.nonzero()[0, 0])
-            raise IndexError(f"labels: label {int(labels[pos])} at position {pos} is out of range "
-                             f"[0, {vocab_total}) and is not ignore_index ({ignore_index})")
-
-
-def _reference_kernel(logits, labels, lse_in, row_scale, dlse, grad_out, ignore_index, label_smoothing, z_loss,
-                      softcap, vocab_start, vocab_total):
-    _check_labels_on_cpu(labels, ignore_index, vocab_total)
-    opts = (ignore_index, label_smoothing, z_loss, softcap, vocab_start, vocab_total)
-    if lse_in is None:
-        loss, lse = ref.cross_entropy(logits, labels, *opts)
-    else:
-        loss, lse = lse_in.new_empty(0), lse_in
-    if grad_out is not None:
-        grad_out.copy_(ref.cross_entropy_backward(row_scale, dlse, logits, labels, lse, *opts))
-    return loss, lse
-
-
-KERNELS = kernel_table("cross_entropy", "forward_backward", _reference_kernel)
-
-
-def rows_2d(logits, labels):
-    """logits as [rows, V] with a unit stride along V, labels as contiguous int64 [rows]."""
-    return _checks.rows_view(logits), labels.reshape(-1).to(torch.int64).contiguous()
-
-
-def _flat(t):
-    return None if t is None else t.reshape(-1).float().contiguous()
 
 
 # --- ops ------------------------------------------------------------------------------------------------------------
@@ -162,7 +92,7 @@ def _backward_impl(backend, inplace):
         x2, l1 = rows_2d(logits, labels)
         # In place: the caller passes contiguous logits, so x2 is a view of their storage.
         grad = x2 if inplace else torch.empty(x2.shape, dtype=logits.dtype, device=logits.device)
-        KERNELS[backend](x2, l1, _flat(lse), _flat(dloss), _flat(dlse), grad, ignore_index, label_smoothing, z_loss,
+        KERNELS[backend](x2, l1, flat(lse), flat(dloss), flat(dlse), grad, ignore_index, label_smoothing, z_loss,
                          softcap, vocab_start, vocab_total)
         return None if inplace else grad.view(logits.shape)
     return run

@@ -2,7 +2,7 @@
 
 Each rank holds a contiguous slice [vocab_start, vocab_start + V_local) of the vocabulary; labels are global ids and
 the same on every rank. The forward runs the fused cross-entropy kernel on the rank's slice as a vocabulary shard
-(eurokernels/ops/cross_entropy.py, KERNELS), which returns the shard's lse and its share of the loss's linear terms
+(eurokernels/ops/_ce_core.py, KERNELS), which returns the shard's lse and its share of the loss's linear terms
 (-(1 - eps) z_label [label in shard] - eps / V sum(z_shard)); three all-reduces over the group (max of the shard lse,
 sum of exp(lse_shard - max), sum of the linear terms) then give exactly the single-rank loss and lse on every rank.
 The backward needs no communication: each rank's gradient depends only on its logits and the global lse. The
@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from .. import _backend, _checks
-from .cross_entropy import KERNELS, _check, reduce_loss, rows_2d
-from .linear_cross_entropy import _chunks, tiled_backward, tiled_forward
+from ._ce_core import KERNELS, check_lm_head, check_loss_args, check_weighting, finish, reduce_loss, rows_2d
+from ._ce_tiling import chunks, tiled_backward, tiled_forward
 
 
 def _shard(group, v_local, vocab_start, vocab_total):
@@ -74,7 +74,7 @@ class _VocabParallelCE(torch.autograd.Function):
 
 def vocab_parallel_cross_entropy(logits_shard, labels, *, group=None, vocab_start=None, vocab_total=None,
                                  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
-                                 return_lse=False, backend=None):
+                                 return_lse=False, token_weights=None, loss_dtype=None, backend=None):
     """Cross-entropy with the vocabulary split over the ranks of ``group`` (tensor parallelism).
 
     Args:
@@ -83,8 +83,8 @@ def vocab_parallel_cross_entropy(logits_shard, labels, *, group=None, vocab_star
         group: the process group holding the vocabulary (None: the default group).
         vocab_start, vocab_total: this rank's first class id and the whole vocabulary's size. With
             ``vocab_start=None`` rank r holds slice r of equal slices (vocab_total defaults to world * V_local).
-        ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse, backend: as in
-            eurokernels.cross_entropy (the smoothing's eps / V uses the whole vocabulary).
+        ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse, token_weights, loss_dtype,
+            backend: as in eurokernels.cross_entropy (the smoothing's eps / V uses the whole vocabulary).
 
     Returns:
         The same loss (and lse) on every rank, equal to the single-rank loss on the concatenated logits; the
@@ -92,12 +92,13 @@ def vocab_parallel_cross_entropy(logits_shard, labels, *, group=None, vocab_star
     """
     _checks.check_tensor("logits_shard", logits_shard, dtypes=None, min_dim=1)
     backend = _backend.resolve(backend, logits_shard)
-    softcap = _check(logits_shard, labels, ignore_index, label_smoothing, z_loss, softcap, reduction,
-                     _checks.float_dtypes(backend))
+    softcap = check_loss_args(logits_shard, labels, ignore_index, label_smoothing, z_loss, softcap, reduction,
+                              _checks.float_dtypes(backend))
+    check_weighting(token_weights, labels, loss_dtype)
     vocab_start, vocab_total = _shard(group, logits_shard.shape[-1], vocab_start, vocab_total)
     opts = (int(ignore_index), float(label_smoothing), float(z_loss), softcap)
     loss, lse = _VocabParallelCE.apply(logits_shard, labels, opts, vocab_start, vocab_total, group, backend)
-    loss = reduce_loss(loss, labels, ignore_index, reduction).to(logits_shard.dtype)
+    loss = finish(reduce_loss(loss, labels, ignore_index, reduction, token_weights), logits_shard.dtype, loss_dtype)
     return (loss, lse) if return_lse else loss
 
 
@@ -131,24 +132,20 @@ class _VocabParallelLinearCE(torch.autograd.Function):
 def vocab_parallel_linear_cross_entropy(hidden, weight_shard, labels, *, bias_shard=None, group=None,
                                         vocab_start=None, vocab_total=None, ignore_index=-100, label_smoothing=0.0,
                                         z_loss=0.0, softcap=None, reduction="mean", return_lse=False,
-                                        chunk_size=None, backend=None):
+                                        chunk_size=None, token_weights=None, loss_dtype=None, backend=None):
     """``vocab_parallel_cross_entropy(hidden @ weight_shard.T + bias_shard, ...)`` without materializing the
     logits shard (tiled as in eurokernels.linear_cross_entropy). ``hidden`` is replicated over the group; its
     gradient is all-reduced, so every rank gets the full d_hidden. weight_shard: ``[V_local, H]``."""
     _checks.check_tensor("hidden", hidden, dtypes=None, min_dim=1)
     backend = _backend.resolve(backend, hidden)
     dtypes = _checks.float_dtypes(backend)
-    _checks.check_tensor("weight_shard", weight_shard, dtypes=dtypes, dim=2)
-    if weight_shard.dtype != hidden.dtype or weight_shard.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight_shard: expected [V_local, {hidden.shape[-1]}] in {hidden.dtype}, got "
-                         f"{tuple(weight_shard.shape)} in {weight_shard.dtype}")
-    if bias_shard is not None and (bias_shard.shape != weight_shard.shape[:1] or bias_shard.dtype != hidden.dtype):
-        raise ValueError(f"bias_shard: expected [{weight_shard.shape[0]}] in {hidden.dtype}")
+    check_lm_head(hidden, weight_shard, bias_shard, dtypes, "weight_shard", "bias_shard")
     logits_like = weight_shard.new_empty(()).expand(*hidden.shape[:-1], weight_shard.shape[0])
-    softcap = _check(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
+    softcap = check_loss_args(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
+    check_weighting(token_weights, labels, loss_dtype)
     vocab_start, vocab_total = _shard(group, weight_shard.shape[0], vocab_start, vocab_total)
     opts = (int(ignore_index), float(label_smoothing), float(z_loss), softcap)
-    loss, lse = _VocabParallelLinearCE.apply(hidden, weight_shard, bias_shard, labels, opts, _chunks(chunk_size),
+    loss, lse = _VocabParallelLinearCE.apply(hidden, weight_shard, bias_shard, labels, opts, chunks(chunk_size),
                                              vocab_start, vocab_total, group, backend)
-    loss = reduce_loss(loss, labels, ignore_index, reduction).to(hidden.dtype)
+    loss = finish(reduce_loss(loss, labels, ignore_index, reduction, token_weights), hidden.dtype, loss_dtype)
     return (loss, lse) if return_lse else loss

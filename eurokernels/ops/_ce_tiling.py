@@ -1,0 +1,208 @@
+"""The tiling engine of the fused LM-head loss (linear_cross_entropy and its vocab-parallel variant): logits are
+made one [token_chunk, vocab_chunk] tile at a time by a matmul and handed to the cross-entropy kernel as a
+vocabulary shard; see eurokernels/ops/linear_cross_entropy.py's docstring for the design and its costs.
+"""
+import torch
+
+from .._ext import cpu as _cpu_ext
+
+# (tokens, vocabulary) per tile: 64 MB of bf16 logits at most (still wide for CPU matmuls)
+DEFAULT_CHUNKS = (4096, 8192)
+FORWARD_GRAD_CHUNK_ELEMENTS = 1 << 27  # grad_in_forward: tokens per chunk = this // V (256 MB of bf16 logits)
+
+
+def chunks(chunk_size):
+    if chunk_size is None:
+        return DEFAULT_CHUNKS
+    sizes = (DEFAULT_CHUNKS[0], chunk_size) if isinstance(chunk_size, int) else tuple(chunk_size)
+    if len(sizes) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"chunk_size: expected a positive int (vocabulary columns) or a (tokens, vocabulary) pair "
+                         f"of positive ints, got {chunk_size!r}")
+    return sizes
+
+
+# --- the tiles (cpu / triton / cuda) ----------------------------------------------------------------
+
+class _Scratch:
+    """A reusable buffer for the tiles of one loop, handed out as contiguous [rows, cols] views. On CPU a fresh
+    tile would be page-faulted again every time (a freed large block goes back to the OS), which costs more than
+    the matmul filling it; on GPU the caching allocator would reuse the memory anyway."""
+
+    def __init__(self, numel, dtype, device):
+        self.buf = _empty(numel, dtype=dtype, device=device)
+
+    def get(self, rows, cols):
+        return self.buf[: rows * cols].view(rows, cols)
+
+
+def _empty(*shape, dtype, device):
+    """torch.empty, on CPU with huge pages and prefaulted (csrc/cpu_alloc.h): the matmuls writing these buffers
+    would otherwise pay a 4 KiB page fault per page of a fresh multi-hundred-MB block on every call."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    if type(t) is torch.Tensor and t.device.type == "cpu" and t.numel():  # a real tensor, not a traced stand-in
+        _cpu_ext().prepare_fresh(t)
+    return t
+
+
+def _tile_logits(h, weight, bias, c0, c1, out):
+    w = weight[c0:c1]
+    return torch.addmm(bias[c0:c1], h, w.t(), out=out) if bias is not None else torch.mm(h, w.t(), out=out)
+
+
+def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk, vocab_start=0,
+                  vocab_total=None):
+    """Per-token (loss, lse) in fp32 over [token_chunk, vocab_chunk] tiles (see the module docstring).
+
+    Each tile is a vocabulary shard [c0, c1) for the kernel, called without z-loss: it returns the tile's lse and
+    loss_tile = lse_tile - (1 - eps) z_label [label in tile] - eps / V sum(z_tile), so loss_tile - lse_tile is the
+    tile's share of the loss's linear terms, which add up over tiles. The z-loss is added once lse is complete.
+    ``weight`` may itself be a shard [vocab_start, vocab_start + rows) of a vocabulary of vocab_total classes.
+    """
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, v = hidden2.shape[0], weight.shape[0]
+    vocab_total = v if vocab_total is None else vocab_total
+    loss = torch.empty(n, dtype=torch.float32, device=hidden2.device)
+    lse = torch.empty(n, dtype=torch.float32, device=hidden2.device)
+    tiles = _Scratch(min(n, token_chunk) * min(v, vocab_chunk), hidden2.dtype, hidden2.device)
+    for t0 in range(0, n, token_chunk):
+        t1 = min(n, t0 + token_chunk)
+        h, lab = hidden2[t0:t1], labels1[t0:t1]
+        m = None
+        for c0 in range(0, v, vocab_chunk):
+            c1 = min(v, c0 + vocab_chunk)
+            tile = _tile_logits(h, weight, bias, c0, c1, tiles.get(t1 - t0, c1 - c0))
+            l_c, lse_c = kernel(tile, lab, None, None, None, None, ignore_index, label_smoothing, 0.0, softcap,
+                                vocab_start + c0, vocab_total)
+            lin_c = l_c - lse_c
+            if m is None:
+                m, lin = lse_c, lin_c
+            else:
+                m, lin = torch.logaddexp(m, lse_c), lin + lin_c
+        valid = lab != ignore_index
+        lse[t0:t1] = m
+        # lin is -lse_tile on ignored rows (the kernel zeroes their loss): mask them, keep NaN of bad labels.
+        loss[t0:t1] = torch.where(valid, m + z_loss * m * m + lin, 0.0)
+    return loss, lse
+
+
+def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opts, token_chunk, vocab_chunk,
+                   vocab_start=0, vocab_total=None, fp32_dh=False):
+    """(d_hidden, d_weight, d_bias) over tiles; vocabulary chunks outermost so d_weight needs only a chunk-sized
+    fp32 accumulator. Each tile's logits are recomputed and overwritten in place by their gradient. With a weight
+    shard, d_hidden is this shard's share only (the vocab-parallel caller all-reduces it, in fp32: ``fp32_dh``)."""
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, (v, hdim) = hidden2.shape[0], weight.shape
+    vocab_total = v if vocab_total is None else vocab_total
+    dev, dt = hidden2.device, hidden2.dtype
+    dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=dev)
+    dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
+    db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
+    tn, tv = min(n, token_chunk), min(v, vocab_chunk)
+    one_token_chunk = n <= token_chunk
+    tiles, dh_part = _Scratch(tn * tv, dt, dev), _Scratch(tn * hdim, dt, dev)
+    if not one_token_chunk:
+        dw_part = _Scratch(tv * hdim, dt, dev)
+        dw_acc = _Scratch(tv * hdim, torch.float32, dev)
+    for c0 in range(0, v, vocab_chunk):
+        c1 = min(v, c0 + vocab_chunk)
+        w = weight[c0:c1]
+        acc = None if one_token_chunk else dw_acc.get(c1 - c0, hdim)
+        db_acc = torch.zeros(c1 - c0, dtype=torch.float32, device=dev) if bias is not None else None
+        for t0 in range(0, n, token_chunk):
+            t1 = min(n, t0 + token_chunk)
+            h = hidden2[t0:t1]
+            tile = _tile_logits(h, weight, bias, c0, c1, tiles.get(t1 - t0, c1 - c0))
+            kernel(tile, labels1[t0:t1], lse[t0:t1], dloss[t0:t1], None if dlse is None else dlse[t0:t1], tile,
+                   ignore_index, label_smoothing, z_loss, softcap, vocab_start + c0, vocab_total)
+            # the tile's share of d_hidden, rounded once, summed over vocabulary chunks in fp32
+            dh[t0:t1] += torch.mm(tile, w, out=dh_part.get(t1 - t0, hdim))
+            if one_token_chunk:
+                torch.mm(tile.t(), h, out=dw[c0:c1])
+            else:
+                part = torch.mm(tile.t(), h, out=dw_part.get(c1 - c0, hdim))
+                if t0 == 0:
+                    acc.copy_(part)  # the first token chunk initializes (no zero fill)
+                else:  # the last one writes d_weight's slice, rounded once
+                    _accumulate(acc, part, dw[c0:c1] if t1 == n else None)
+            if db_acc is not None:
+                db_acc += tile.sum(0, dtype=torch.float32)
+        if db_acc is not None:
+            db[c0:c1] = db_acc
+    return dh if fp32_dh else dh.to(dt), dw, db
+
+
+def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk, row_scale):
+    """grad_in_forward: (loss scalar fp32, d_hidden, d_weight, d_bias) for the unit upstream gradient, in 3 matmuls
+    (see linear_cross_entropy's docstring). row_scale [rows] fp32: each token's factor in the reduced loss
+    (_ce_core.row_scale: 0 when ignored, the mean's 1 / count, the token's weight); the loss and the gradients
+    already carry it."""
+    ignore_index, label_smoothing, z_loss, softcap = opts
+    n, (v, hdim) = hidden2.shape[0], weight.shape
+    dev, dt = hidden2.device, hidden2.dtype
+    loss = torch.zeros((), dtype=torch.float32, device=dev)
+    dh = _empty(hidden2.shape, dtype=dt, device=dev)
+    one_chunk = n <= token_chunk
+    # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
+    # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
+    dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
+    acc = None if one_chunk else _empty(weight.shape, dtype=torch.float32, device=dev)
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
+    slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
+    tiles = _Scratch(min(n, token_chunk) * v, dt, dev)
+    dw_part = None if one_chunk else _Scratch(slice_v * hdim, dt, dev)
+    for t0 in range(0, n, token_chunk):
+        t1 = min(n, t0 + token_chunk)
+        h = hidden2[t0:t1]
+        logits = _tile_logits(h, weight, bias, 0, v, tiles.get(t1 - t0, v))
+        l_t, _ = kernel(logits, labels1[t0:t1], None, row_scale[t0:t1], None, logits, ignore_index, label_smoothing,
+                        z_loss, softcap, 0, v)  # logits now hold d_logits
+        loss += (l_t * row_scale[t0:t1]).sum()
+        torch.mm(logits, weight, out=dh[t0:t1])
+        if one_chunk:
+            torch.mm(logits.t(), h, out=dw)
+        else:
+            for c0 in range(0, v, slice_v):
+                c1 = min(v, c0 + slice_v)
+                part = torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
+                if t0 == 0:
+                    acc[c0:c1] = part  # the first chunk initializes: no zero fill of the fp32 buffer
+                else:  # the last chunk writes d_weight, rounded once
+                    _accumulate(acc[c0:c1], part, dw[c0:c1] if t1 == n else None)
+        if db is not None:
+            db += logits.sum(0, dtype=torch.float32)
+    return loss, dh, dw, (db.to(bias.dtype) if db is not None else weight.new_empty(0))
+
+
+def _accumulate(acc, part, out=None):
+    """acc += part (acc fp32, part in the weight's dtype), or for the last token chunk out = round(acc + part).
+    On CPU one pass (csrc/cross_entropy/accumulate_cpu.cpp): torch's add_ would first convert part to an fp32
+    temporary, and rounding acc afterwards is another pass over a [V, H] fp32 buffer."""
+    if acc.device.type == "cpu":
+        _cpu_ext().accumulate(acc, part, out)
+    elif out is None:
+        acc += part
+    else:
+        torch.add(acc, part, out=out)
+
+
+# --- ops ------------------------------------------------------------------------------------------------------------
+
+def _rows(hidden, labels):
+    return _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
+
+
+def scaled(t, g, step=1 << 24):
+    """t * g with one rounding (exact when g == 1, the usual case; no host sync to find out).
+
+    On CPU one multiply: PyTorch's CPU kernels read a 0-dim CPU g in fp32 (opmath), so t * g is rounded once
+    (checked bit for bit in the tests), with no fp32 temporary. (Not in place on the saved gradient: autograd's
+    functionalization forbids mutating a forward output in the backward, and a retained graph would see it.)
+    Elsewhere through fp32 in slices of ``step`` elements: the fp32 temporary of a whole [V, H] weight gradient
+    would be twice the gradient itself."""
+    if t.device.type == "cpu" and g.device.type == "cpu" and g.dim() == 0:
+        return torch.mul(t, g, out=_empty(t.shape, dtype=t.dtype, device=t.device))
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    src, dst = t.reshape(-1), out.view(-1)
+    for i in range(0, src.numel(), step):
+        torch.mul(src[i:i + step].float(), g, out=dst[i:i + step])
+    return out
