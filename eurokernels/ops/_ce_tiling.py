@@ -185,12 +185,6 @@ def _accumulate(acc, part, out=None):
         torch.add(acc, part, out=out)
 
 
-# --- ops ------------------------------------------------------------------------------------------------------------
-
-def _rows(hidden, labels):
-    return _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
-
-
 def scaled(t, g, step=1 << 24):
     """t * g with one rounding (exact when g == 1, the usual case; no host sync to find out).
 

@@ -91,6 +91,10 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     return (loss, lse) if return_lse else loss
 
 
+def _rows(hidden, labels):
+    return _checks.rows_view(hidden), labels.reshape(-1).to(torch.int64).contiguous()
+
+
 # --- backends: the reference is the plain formula on materialized logits (the oracle); every compiled backend runs
 # the tiling engine (_ce_tiling.py) over its own cross-entropy kernel ------------------------------------------------
 
