@@ -9,13 +9,22 @@ import importlib
 
 import torch
 
+from ._backend import cuda_sim_enabled
+
 NAMESPACE = "eurokernels"
 
-# Which backends may run on which device type (resolve() in _backend.py gives users the friendly error first).
+# Which backends may run on which device type (resolve() in _backend.py gives users the friendly error first);
+# also cuda on CPU tensors under EUROKERNELS_CUDA_SIM=1 (the simulation).
 DEVICE_BACKENDS = {
     "cpu": ("reference", "cpu", "triton"),
     "cuda": ("reference", "triton", "cuda"),
 }
+
+
+def _allowed(device_type):
+    if device_type == "cpu" and cuda_sim_enabled():
+        return DEVICE_BACKENDS["cpu"] + ("cuda",)
+    return DEVICE_BACKENDS[device_type]
 
 
 def lazy(module, attr):
@@ -38,10 +47,9 @@ def define_op(name, schema, impls, fake, mutates_args=()):
     arguments without the trailing backend; ``fake`` (same arguments) computes output metadata for tracing.
     ``mutates_args`` names the arguments an in-place op writes (they carry ``(a!)`` annotations in the schema)."""
     def kernel_for(device_type):
-        allowed = DEVICE_BACKENDS[device_type]
-
         def kernel(*args):
             backend = args[-1]
+            allowed = _allowed(device_type)
             if backend not in allowed:
                 raise ValueError(f"eurokernels::{name}: backend {backend!r} does not run on {device_type} tensors")
             if backend not in impls:  # an op may not have every backend yet; say so instead of failing obscurely

@@ -75,7 +75,7 @@ void launch(const Params& p, cudaStream_t stream) {
     // At most 512 threads: several blocks per SM on long rows.
     const int threads = row_threads(p.n, vec, 512);
     dispatch_vec<T>(vec, [&](auto v) {
-      cross_entropy_kernel<T, decltype(v)::value><<<unsigned(p.rows), unsigned(threads), 0, stream>>>(p);
+      cuda::launch<cross_entropy_kernel<T, decltype(v)::value>>(unsigned(p.rows), unsigned(threads), 0, stream, p);
     });
   });
 }

@@ -126,7 +126,7 @@ void launch_forward(const ForwardParams& p, cudaStream_t stream) {
     if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
     const int threads = row_threads(p.n, vec, 1024);
     dispatch_vec<T>(vec, [&](auto v) {
-      rms_norm_fwd_kernel<T, W, decltype(v)::value><<<unsigned(p.rows), threads, 0, stream>>>(p);
+      cuda::launch<rms_norm_fwd_kernel<T, W, decltype(v)::value>>(unsigned(p.rows), threads, 0, stream, p);
     });
   });
 }
@@ -141,12 +141,12 @@ void launch_backward(const BackwardParams& p, cudaStream_t stream) {
       if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
       const int threads = row_threads(p.n, vec, 1024);
       dispatch_vec<T>(vec, [&](auto v) {
-        rms_norm_bwd_kernel<T, W, decltype(v)::value><<<unsigned(p.blocks), threads, 0, stream>>>(p);
+        cuda::launch<rms_norm_bwd_kernel<T, W, decltype(v)::value>>(unsigned(p.blocks), threads, 0, stream, p);
       });
     });
   }
   if (p.dw) {
-    sum_partials_kernel<<<unsigned((p.n + 255) / 256), 256, 0, stream>>>(p.dw_partial, p.dw, p.blocks, p.n);
+    cuda::launch<sum_partials_kernel>(unsigned((p.n + 255) / 256), 256, 0, stream, p.dw_partial, p.dw, p.blocks, p.n);
   }
 }
 

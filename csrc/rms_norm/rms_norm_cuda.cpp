@@ -1,9 +1,5 @@
 // RMSNorm CUDA entry points: validate, allocate, and launch on the current stream. Compiled by g++ (torch
 // headers here, not in the .cu, keeps nvcc fast).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include "common.h"
 #include "cuda_utils_host.h"
 #include "rms_norm/rms_norm.h"
@@ -14,10 +10,10 @@ namespace eurokernels::rms_norm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                             const std::optional<at::Tensor>& residual, double eps,
                                                             double offset, int64_t casting) {
-  CHECK_DEVICE(x, at::kCUDA);
+  CHECK_DEVICE(x, cuda::kDeviceType);
   CHECK_DIM(x, 2);
   CHECK_LASTDIM_CONTIGUOUS(x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   const int64_t rows = x.size(0), n = x.size(1);
   if (residual) {
     CHECK_SAME_SHAPE(*residual, x);
@@ -46,15 +42,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
   p.casting = static_cast<int>(casting);
   p.x_dtype = cuda::dtype_of(x);
   p.w_dtype = weight ? cuda::dtype_of(w) : p.x_dtype;
-  launch_forward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_forward(p, cuda::current_stream());
+  cuda::check_launch();
   return {y, res_out, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at::Tensor& h,
                                                  const std::optional<at::Tensor>& weight, const at::Tensor& rstd,
                                                  const std::optional<at::Tensor>& dresidual_out, double offset) {
-  CHECK_DEVICE(h, at::kCUDA);
+  CHECK_DEVICE(h, cuda::kDeviceType);
   CHECK_DIM(h, 2);
   CHECK_SAME_SHAPE(dy, h);
   CHECK_DTYPE(dy, h.scalar_type());
@@ -67,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at:
     CHECK_DTYPE(*dresidual_out, h.scalar_type());
     CHECK_LASTDIM_CONTIGUOUS(*dresidual_out);
   }
-  const c10::cuda::CUDAGuard guard(h.device());
+  const cuda::DeviceGuard guard(h.device());
   const int64_t rows = h.size(0), n = h.size(1);
   at::Tensor w = weight ? weight->contiguous() : at::Tensor();
   // Two blocks per SM keep every SM busy while bounding the dw scratch to 2 * SMs rows.
@@ -95,8 +91,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at:
   p.x_dtype = cuda::dtype_of(h);
   p.w_dtype = weight ? cuda::dtype_of(w) : p.x_dtype;
   p.blocks = blocks;
-  launch_backward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_backward(p, cuda::current_stream());
+  cuda::check_launch();
   return {dx, weight ? dw.to(weight->scalar_type()) : dw};
 }
 

@@ -110,7 +110,7 @@ void launch_forward(const ForwardParams& p, cudaStream_t stream) {
   dispatch(p.dtype, p.log, {p.n, p.stride_x}, {p.x, p.y}, [&](auto t, auto v, auto log) {
     constexpr int VEC = decltype(v)::value;
     constexpr bool LOG = decltype(log)::value;
-    softmax_fwd_kernel<decltype(t), VEC, LOG><<<blocks_for(p.rows), threads_for(p.n, VEC), 0, stream>>>(p);
+    cuda::launch<softmax_fwd_kernel<decltype(t), VEC, LOG>>(blocks_for(p.rows), threads_for(p.n, VEC), 0, stream, p);
   });
 }
 
@@ -119,7 +119,7 @@ void launch_backward(const BackwardParams& p, cudaStream_t stream) {
   dispatch(p.dtype, p.log, {p.n, p.stride_dy, p.stride_x}, {p.dy, p.x, p.dx}, [&](auto t, auto v, auto log) {
     constexpr int VEC = decltype(v)::value;
     constexpr bool LOG = decltype(log)::value;
-    softmax_bwd_kernel<decltype(t), VEC, LOG><<<blocks_for(p.rows), threads_for(p.n, VEC), 0, stream>>>(p);
+    cuda::launch<softmax_bwd_kernel<decltype(t), VEC, LOG>>(blocks_for(p.rows), threads_for(p.n, VEC), 0, stream, p);
   });
 }
 

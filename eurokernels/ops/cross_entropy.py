@@ -35,7 +35,7 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._ext import cpu as _cpu_ext, cuda_for as _cuda_ext
 
 REDUCTIONS = ("none", "sum", "mean")
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -139,7 +139,7 @@ KERNELS = {
     "reference": _reference_kernel,
     "cpu": lambda *a: _cpu_ext().cross_entropy(*a),
     "triton": lazy("eurokernels.triton.cross_entropy", "cross_entropy"),
-    "cuda": lambda *a: _cuda_ext().cross_entropy(*a),
+    "cuda": lambda *a: _cuda_ext(a[0]).cross_entropy(*a),
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._ext import cpu as _cpu_ext, cuda_for as _cuda_ext
 
 CASTINGS = {"llama": 0, "gemma": 1, "none": 2}  # values match enum Casting in csrc/rms_norm/rms_norm_common.h
 
@@ -113,7 +113,7 @@ _fwd = define_op(
         "reference": _reference_forward,
         "cpu": _forward_2d(lambda *a: _cpu_ext().rms_norm_fwd(*a)),
         "triton": _forward_2d(lazy("eurokernels.triton.rms_norm", "forward")),
-        "cuda": _forward_2d(lambda *a: _cuda_ext().rms_norm_fwd(*a)),
+        "cuda": _forward_2d(lambda *a: _cuda_ext(a[0]).rms_norm_fwd(*a)),
     },
     fake=_fake_forward,
 )
@@ -126,7 +126,7 @@ _bwd = define_op(
         "reference": _reference_backward,
         "cpu": _backward_2d(lambda *a: _cpu_ext().rms_norm_bwd(*a)),
         "triton": _backward_2d(lazy("eurokernels.triton.rms_norm", "backward")),
-        "cuda": _backward_2d(lambda *a: _cuda_ext().rms_norm_bwd(*a)),
+        "cuda": _backward_2d(lambda *a: _cuda_ext(a[0]).rms_norm_bwd(*a)),
     },
     fake=_fake_backward,
 )

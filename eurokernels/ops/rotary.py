@@ -19,7 +19,7 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._ext import cpu as _cpu_ext, cuda_for as _cuda_ext
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -199,7 +199,7 @@ def _reference_inplace(q, k, cos, sin, position_ids, cu_seqlens, interleaved, co
 
 _cpu_fwd, _cpu_inplace = _kernel_impl(lambda *a: _cpu_ext().rotary(*a))
 _triton_fwd, _triton_inplace = _kernel_impl(lazy("eurokernels.triton.rotary", "rotary"))
-_cuda_fwd, _cuda_inplace = _kernel_impl(lambda *a: _cuda_ext().rotary(*a))
+_cuda_fwd, _cuda_inplace = _kernel_impl(lambda *a: _cuda_ext(a[0]).rotary(*a))
 
 
 def _fake_forward(q, k, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):

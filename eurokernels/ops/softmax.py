@@ -16,7 +16,7 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op, lazy
-from .._ext import cpu as _cpu_ext, cuda as _cuda_ext
+from .._ext import cpu as _cpu_ext, cuda_for as _cuda_ext
 
 
 def softmax(x, dim=-1, *, backend=None):
@@ -69,7 +69,7 @@ _fwd = define_op(
         "reference": ref.softmax,
         "cpu": _forward_2d(lambda *a: _cpu_ext().softmax_fwd(*a)),
         "triton": _forward_2d(lazy("eurokernels.triton.softmax", "forward")),
-        "cuda": _forward_2d(lambda *a: _cuda_ext().softmax_fwd(*a)),
+        "cuda": _forward_2d(lambda *a: _cuda_ext(a[0]).softmax_fwd(*a)),
     },
     fake=_fake,
 )
@@ -80,7 +80,7 @@ _bwd = define_op(
         "reference": ref.softmax_backward,
         "cpu": _backward_2d(lambda *a: _cpu_ext().softmax_bwd(*a)),
         "triton": _backward_2d(lazy("eurokernels.triton.softmax", "backward")),
-        "cuda": _backward_2d(lambda *a: _cuda_ext().softmax_bwd(*a)),
+        "cuda": _backward_2d(lambda *a: _cuda_ext(a[0]).softmax_bwd(*a)),
     },
     fake=_fake_backward,
 )
