@@ -370,3 +370,14 @@ def test_errors(monkeypatch):
     for kwargs, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             ek.cross_entropy(**kwargs)
+
+
+def test_nan_logit_gives_nan_loss(device, backend):
+    # As torch: a NaN logit makes its row's loss NaN (301 fp32 classes: one per thread on the cuda backend, the NaN
+    # alone in thread 3's chunk), and leaves the other rows alone.
+    x = torch.randn(2, 301, device=device)
+    x[0, 3] = float("nan")
+    labels = torch.tensor([7, 9], device=device)
+    loss = ek.cross_entropy(x, labels, reduction="none", backend=backend)
+    assert torch.isnan(loss[0]), f"{backend}: finite loss {loss[0].item()} for a row holding NaN"
+    torch.testing.assert_close(loss[1], F.cross_entropy(x[1:], labels[1:], reduction="none")[0])
