@@ -141,6 +141,20 @@ void dispatch_vec(int vec, F&& f) {
   }
 }
 
+// The largest gridDim.x: 2^31 - 1 on every GPU since sm_30; in the simulation, what it is set to (tests lower it to
+// drive the grid-stride loops with a few rows).
+inline int64_t grid_limit_x() {
+#if defined(EUROKERNELS_CUDA_SIM)
+  return sim::max_grid_x();
+#else
+  return 2147483647;
+#endif
+}
+
+// gridDim.x for kernels that give one block to a row and step over rows by gridDim.x: one block per row up to the
+// grid limit. (A plain unsigned(rows) wraps past 2^32 rows and would silently skip most of them.)
+inline unsigned grid_rows(int64_t rows) { return unsigned(std::min<int64_t>(rows, grid_limit_x())); }
+
 // Threads for a kernel that gives one block to a row of n elements, VEC at a time: one vector per thread, a
 // multiple of 32, between 32 and max_threads (rows longer than that loop).
 inline int row_threads(int64_t n, int vec, int max_threads) {

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <initializer_list>
+#include <optional>
+#include <utility>
 
 #if defined(EUROKERNELS_CUDA_SIM)
 #include "sim/cuda_sim_host.h"
@@ -60,6 +62,9 @@ inline int sm_count(int device) {
   return n;
 }
 #endif
+
+// An optional tensor for check_same_device: its address, or nullptr when absent.
+inline const at::Tensor* maybe(const std::optional<at::Tensor>& t) { return t ? &*t : nullptr; }
 
 // Every tensor the kernel reads or writes on the device of `first` (the kernels take raw pointers: a tensor on
 // another GPU, or on the CPU, would be read through a pointer that is not valid there).

@@ -189,3 +189,22 @@ def test_cuda_softmax_kernels_every_dispatch_target(inspection):
                     assert key in configs, f"{key} not in the {arch} cubins: {sorted(configs)}"
                     r = configs[key]
                     assert r["load_bits"] == 128 and r["store_bits"] == 128, (key, arch, r["loads"], r["stores"])
+
+
+# The most threads each CUDA C++ kernel family is launched with (the launchers' row_threads caps and fixed sizes).
+MAX_THREADS = {"rms_norm::rms_norm_fwd_kernel": 1024, "rms_norm::rms_norm_bwd_kernel": 1024,
+               "rms_norm::sum_partials_kernel": 256, "rotary::rotary_kernel": 256,
+               "softmax::softmax_fwd_kernel": 512, "softmax::softmax_bwd_kernel": 512,
+               "cross_entropy::cross_entropy_kernel": 512}
+
+
+def test_cuda_kernels_fit_their_largest_block_in_the_register_file(inspection):
+    """A block of T threads needs T x registers <= 65536 (the register file of an SM on sm_80 / sm_90), or the
+    launch fails with 'too many resources requested'. The 1024-thread RMSNorm kernels may use 64 registers at most:
+    __launch_bounds__(1024) makes the compiler keep to that (spilling instead, which the check above refuses)."""
+    rows = _cuda_rows(inspection)
+    unknown = {r["kernel"] for r in rows} - set(MAX_THREADS)
+    assert not unknown, f"add the largest launch of {sorted(unknown)} to MAX_THREADS"
+    bad = [f"{r['kernel']}{r['config']} on {r['target']}: {r['registers']} registers x {MAX_THREADS[r['kernel']]}"
+           for r in rows if r["registers"] * MAX_THREADS[r["kernel"]] > 65536]
+    assert not bad, "\n".join(bad)

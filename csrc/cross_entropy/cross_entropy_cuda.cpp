@@ -13,7 +13,11 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total) {
   check_args(logits, labels, lse_in, row_scale, dlse, grad_out, cuda::kDeviceType);
+  cuda::check_same_device(logits, "logits",
+                          {{&labels, "labels"}, {cuda::maybe(lse_in), "lse_in"}, {cuda::maybe(row_scale), "row_scale"},
+                           {cuda::maybe(dlse), "dlse"}, {cuda::maybe(grad_out), "grad_out"}});
   const int64_t rows = logits.size(0), n = logits.size(1);
+  TORCH_CHECK(rows == 0 || n > 0, "logits must have at least one class");  // (no kernel would write loss / lse)
   const cuda::DeviceGuard guard(logits.device());
   const bool backward = lse_in.has_value();
   at::Tensor loss = at::empty({backward ? 0 : rows}, logits.options().dtype(at::kFloat));

@@ -1,8 +1,11 @@
 // RMSNorm CUDA entry points: validate, allocate, and launch on the current stream. Compiled by g++ (torch
 // headers here, not in the .cu, keeps nvcc fast).
+#include <cmath>
+
 #include "common.h"
 #include "cuda_utils_host.h"
 #include "rms_norm/rms_norm.h"
+#include "rms_norm/rms_norm_common.h"
 #include "rms_norm/rms_norm_launch.h"
 
 namespace eurokernels::rms_norm {
@@ -10,7 +13,8 @@ namespace eurokernels::rms_norm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                             const std::optional<at::Tensor>& residual, double eps,
                                                             double offset, int64_t casting) {
-  CHECK_DEVICE(x, cuda::kDeviceType);
+  cuda::check_same_device(x, "x", {{cuda::maybe(weight), "weight"},
+                                   {cuda::maybe(residual), "residual"}});
   CHECK_DIM(x, 2);
   CHECK_LASTDIM_CONTIGUOUS(x);
   const cuda::DeviceGuard guard(x.device());
@@ -22,9 +26,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
   }
   at::Tensor w = weight ? weight->contiguous() : at::Tensor();
   if (weight) TORCH_CHECK(w.dim() == 1 && w.size(0) == n, "weight must be [", n, "]");
+  TORCH_CHECK(casting >= kLlama && casting <= kNone, "unknown casting mode ", casting);
   at::Tensor y = at::empty({rows, n}, x.options());
   at::Tensor res_out = residual ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  // No kernel runs: rstd of an empty row is 1 / sqrt(eps), as the CPU entry point gives.
+  if (rows == 0 || n == 0) return {y, res_out, rstd.fill_(1.f / std::sqrt(static_cast<float>(eps)))};
 
   ForwardParams p{};
   p.x = x.const_data_ptr();
@@ -50,7 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at::Tensor& h,
                                                  const std::optional<at::Tensor>& weight, const at::Tensor& rstd,
                                                  const std::optional<at::Tensor>& dresidual_out, double offset) {
-  CHECK_DEVICE(h, cuda::kDeviceType);
+  cuda::check_same_device(h, "h", {{&dy, "dy"}, {&rstd, "rstd"}, {cuda::maybe(weight), "weight"},
+                                   {cuda::maybe(dresidual_out), "dresidual_out"}});
   CHECK_DIM(h, 2);
   CHECK_SAME_SHAPE(dy, h);
   CHECK_DTYPE(dy, h.scalar_type());
@@ -58,6 +66,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at:
   CHECK_LASTDIM_CONTIGUOUS(h);
   CHECK_DTYPE(rstd, at::kFloat);
   CHECK_CONTIGUOUS(rstd);
+  TORCH_CHECK(rstd.numel() == h.size(0), "rstd must have ", h.size(0), " elements");
+  if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == h.size(1), "weight must be [", h.size(1), "]");
   if (dresidual_out) {
     CHECK_SAME_SHAPE(*dresidual_out, h);
     CHECK_DTYPE(*dresidual_out, h.scalar_type());

@@ -12,13 +12,14 @@ Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optiona
                    const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                    bool interleaved, bool conjugate) {
-  CHECK_DEVICE(q, cuda::kDeviceType);
   const cuda::DeviceGuard guard(q.device());
   CHECK_DIM(q, 4);
   CHECK_DIM(k, 4);
   const at::Tensor q_out = q_out_arg ? *q_out_arg : at::empty(q.sizes(), q.options());
   const at::Tensor k_out = k_out_arg ? *k_out_arg : at::empty(k.sizes(), k.options());
-  for (const at::Tensor* t : {&k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, cuda::kDeviceType);
+  cuda::check_same_device(q, "q", {{&k, "k"}, {&q_out, "q_out"}, {&k_out, "k_out"}, {&cos, "cos"}, {&sin, "sin"},
+                                   {cuda::maybe(position_ids), "position_ids"},
+                                   {cuda::maybe(cu_seqlens), "cu_seqlens"}});
   check_args(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens);
   TORCH_CHECK(q.size(0) * q.size(1) <= INT32_MAX, "rotary: more than 2^31 - 1 tokens");
   Params p{};

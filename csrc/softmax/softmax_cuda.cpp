@@ -35,12 +35,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, bool log) {
 }
 
 at::Tensor backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log) {
-  CHECK_DEVICE(x, cuda::kDeviceType);
+  cuda::check_same_device(x, "x", {{&dy, "dy"}, {&lse, "lse"}});
   CHECK_DIM(x, 2);
   check_backward_args(dy, x, lse);
-  for (const at::Tensor* t : {&dy, &lse}) {
-    TORCH_CHECK(t->device() == x.device(), "dy and lse must be on x's device ", x.device(), ", got ", t->device());
-  }
   const int64_t rows = x.size(0), n = x.size(1);
   const cuda::DeviceGuard guard(x.device());
   at::Tensor dx = at::empty({rows, n}, x.options());
