@@ -39,6 +39,11 @@ def cuda_sim():
             f"({e}); reinstall with `pip install --no-build-isolation -e .`") from e
     module.set_schedule(os.environ.get("EUROKERNELS_CUDA_SIM_SCHEDULE", "rr"))
     module.set_arch(int(os.environ.get("EUROKERNELS_CUDA_SIM_ARCH", "90")))
+    _load_registers = importlib.import_module("eurokernels.cuda_sim").load_cubin_registers
+    try:  # the register limits of the GPU build's kernels, where there is one and cuobjdump to read it
+        _load_registers(module=module)
+    except (FileNotFoundError, RuntimeError):
+        pass  # no cuobjdump: launches are checked without register counts (README: csrc/sim)
     return module
 
 

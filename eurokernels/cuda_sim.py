@@ -13,7 +13,7 @@ import contextlib
 from . import _ext
 from ._backend import cuda_sim_enabled as enabled
 
-__all__ = ["enabled", "schedule", "arch", "max_grid_x", "launches", "kernels"]
+__all__ = ["enabled", "schedule", "arch", "max_grid_x", "launches", "kernels", "load_cubin_registers"]
 
 
 def _module():
@@ -66,3 +66,20 @@ def launches(run=True):
 def kernels():
     """Every CUDA kernel instantiation that runs under the simulation (one per template instantiation)."""
     return list(_module().kernels())
+
+
+def load_cubin_registers(so=None, module=None):
+    """Give the simulation each kernel's registers per thread from the GPU build's cubins (eurokernels._cuda, or
+    ``so``), so that a launch whose block would not fit an SM's register file is refused as on the GPU. Done when
+    the simulation loads, if the GPU build is there. Returns how many (arch, kernel) pairs were matched."""
+    from .inspect import aot
+    so = so or aot.find_cuda_extension()
+    if so is None:
+        return 0
+    usage = aot.parse_resource_usage(aot._run([aot.cuda_bin("cuobjdump"), "--dump-resource-usage", so]))
+    names = aot._demangle(sorted({func for _, func in usage}))
+    m, matched = module or _module(), 0
+    for (arch, func), res in usage.items():
+        kernel, config = aot._split_cxx_name(names[func])
+        matched += m.set_kernel_registers(int(arch.removeprefix("sm_")), kernel + config, res["registers"])
+    return matched

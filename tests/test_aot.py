@@ -195,7 +195,8 @@ def test_cuda_softmax_kernels_every_dispatch_target(inspection):
 MAX_THREADS = {"rms_norm::rms_norm_fwd_kernel": 1024, "rms_norm::rms_norm_bwd_kernel": 1024,
                "rms_norm::sum_partials_kernel": 256, "rotary::rotary_kernel": 256,
                "softmax::softmax_fwd_kernel": 512, "softmax::softmax_bwd_kernel": 512,
-               "cross_entropy::cross_entropy_kernel": 512}
+               "cross_entropy::cross_entropy_kernel": 512, "testing::mma_fragments_kernel": 32,
+               "testing::mma_ldmatrix_kernel": 32, "testing::ldmatrix_kernel": 32, "testing::cp_async_kernel": 32}
 
 
 def test_cuda_kernels_fit_their_largest_block_in_the_register_file(inspection):

@@ -119,3 +119,107 @@ def test_cuda_entry_points_refuse_tensors_on_another_device():
     for call, message in calls:
         with pytest.raises(RuntimeError, match=message):
             call()
+
+
+def test_register_counts_come_from_the_gpu_build():
+    # Where the GPU build exists (CI builds it with nvcc), every kernel the simulation runs gets its registers
+    # from the cubins: both architectures, every instantiation.
+    from eurokernels.inspect import aot
+    if aot.find_cuda_extension() is None:
+        pytest.skip("no GPU build (eurokernels._cuda) to read register counts from")
+    matched = cuda_sim.load_cubin_registers()
+    gpu_kernels = [n for n in cuda_sim.kernels() if not n.startswith("eurokernels::sim::")]
+    assert matched == 2 * len(gpu_kernels)
+
+
+# ----------------------------------------------------------------------------------- every instantiation runs
+# The launchers pick a kernel instantiation from the dtypes and the widest vector the pointers and extents allow.
+# Offsetting the input's data pointer by VEC elements (extents multiples of 8) makes them pick exactly VEC, so each
+# family below runs every instantiation compiled for it, forward and backward, against the reference.
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _at_vec(shape, dtype, vec):
+    """A tensor of `shape` whose data pointer is aligned to vec elements and no more (vec 16 bytes: aligned)."""
+    off = 0 if vec * dtype.itemsize == 16 else vec
+    numel = torch.Size(shape).numel()
+    return torch.randn(numel + 8).to(dtype)[off:off + numel].view(shape).requires_grad_()
+
+
+def _vecs(dtype):
+    return [v for v in (1, 2, 4, 8) if v * dtype.itemsize <= 16]
+
+
+def _check(backend_out, reference_out, dtype):
+    for got, want in zip(backend_out, reference_out):  # (an output stored in 16 bits: that dtype's tolerance)
+        torch.testing.assert_close(got.float(), want.float(), **TOL[dtype if got.dtype == torch.float32 else got.dtype])
+
+
+def _fwd_bwd(fn, inputs):
+    """fn's outputs and the gradients of sum(outputs * fixed weights) w.r.t. inputs."""
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((o.float() * torch.randn(o.shape, generator=g)).sum() for o in outs)
+    return [o.detach() for o in outs] + list(torch.autograd.grad(loss, inputs))
+
+
+def _run_family(family, cases):
+    """Runs every case (a callable taking the backend) on cuda and reference; returns the instantiations launched."""
+    with cuda_sim.launches() as log:
+        for case in cases:
+            case()
+    ran = {r["kernel"] for r in log}
+    compiled = {k for k in cuda_sim.kernels() if k.startswith(family + "<")}
+    assert compiled and compiled <= ran, f"never ran: {sorted(compiled - ran)}"
+
+
+def test_every_rms_norm_instantiation():
+    def case(dtype, wdtype, vec):
+        def run():
+            x = _at_vec((3, 64), dtype, vec)
+            w = (torch.rand(64) + 0.5).to(wdtype).requires_grad_()
+            _check(_fwd_bwd(lambda a, b: ek.rms_norm(a, b, backend="cuda"), (x, w)),
+                   _fwd_bwd(lambda a, b: ek.rms_norm(a, b, backend="reference"), (x, w)), dtype)
+        return run
+    cases = [case(d, w, v) for d in DTYPES for w in DTYPES for v in _vecs(d)]
+    _run_family("eurokernels::rms_norm::rms_norm_fwd_kernel", cases)
+    _run_family("eurokernels::rms_norm::rms_norm_bwd_kernel", cases)
+
+
+def test_every_rotary_instantiation():
+    def case(dtype, table, vec, interleaved):
+        def run():
+            q, k = _at_vec((1, 3, 2, 64), dtype, vec), torch.randn(1, 3, 1, 64, dtype=dtype, requires_grad=True)
+            cos, sin = (t.to(table or dtype) for t in ek.rotary_cos_sin(8, 64))
+            _check(_fwd_bwd(lambda a, b: ek.apply_rotary(a, b, cos, sin, interleaved=interleaved, backend="cuda"),
+                            (q, k)),
+                   _fwd_bwd(lambda a, b: ek.apply_rotary(a, b, cos, sin, interleaved=interleaved,
+                                                         backend="reference"), (q, k)), dtype)
+        return run
+    cases = [case(d, t, v, i) for d in DTYPES for t in (torch.float32, None) for v in _vecs(d) for i in (False, True)]
+    _run_family("eurokernels::rotary::rotary_kernel", cases)
+
+
+def test_every_softmax_and_cross_entropy_instantiation():
+    def case(op, dtype, vec):
+        def run():
+            x = _at_vec((3, 64), dtype, vec)
+            if op is ek.cross_entropy:
+                labels = torch.tensor([1, 63, 30])
+                f = lambda backend: lambda a: op(a, labels, reduction="none", backend=backend)  # noqa: E731
+            else:
+                f = lambda backend: lambda a: op(a, backend=backend)  # noqa: E731
+            _check(_fwd_bwd(f("cuda"), (x,)), _fwd_bwd(f("reference"), (x,)), dtype)
+        return run
+    for op, families in ((ek.softmax, ["softmax_fwd_kernel", "softmax_bwd_kernel"]),
+                         (ek.log_softmax, []),
+                         (ek.cross_entropy, ["cross_entropy_kernel"])):
+        cases = [case(op, d, v) for d in DTYPES for v in _vecs(d)]
+        if op is ek.softmax:
+            cases += [case(ek.log_softmax, d, v) for d in DTYPES for v in _vecs(d)]
+        for family in families:
+            namespace = "cross_entropy" if family.startswith("cross") else "softmax"
+            _run_family(f"eurokernels::{namespace}::{family}", cases)

@@ -187,3 +187,21 @@ def test_every_cuda_kernel_family_runs_under_the_simulation():
                    "softmax_fwd_kernel", "softmax_bwd_kernel", "cross_entropy_kernel"):
         assert any(family in n for n in names), family
     assert "eurokernels::rms_norm::rms_norm_fwd_kernel<float, float, 4>" in names
+
+
+def test_launch_refused_when_the_block_needs_more_registers_than_an_sm_has(sim):
+    # As read from a cubin: 72 registers per thread (rounded to 72 = 9 x 8) x 1024 threads > 65536; 64 x 1024 fits.
+    out = torch.zeros(1, dtype=torch.int32)
+    name = "sim::tests::probe_kernel"
+    try:
+        assert sim.set_kernel_registers(90, name, 72)
+        status, error = sim.test_launch((1, 1, 1), (1024, 1, 1), 0, 0, out)
+        assert "too many resources requested: 72 registers per thread" in error and out.item() == 0
+        _, error = sim.test_launch((1, 1, 1), (896, 1, 1), 0, 0, out)  # 28 warps x 72 x 32 = 64512
+        assert error == "" and out.item() == 1
+        assert sim.set_kernel_registers(90, name, 64)
+        _, error = sim.test_launch((1, 1, 1), (1024, 1, 1), 0, 0, out)
+        assert error == ""
+    finally:
+        sim.set_kernel_registers(90, name, 0)
+    assert not sim.set_kernel_registers(90, "no::such_kernel<int>", 1)

@@ -400,6 +400,13 @@ std::string check_config(const Kernel& k, dim3 grid, dim3 block, size_t smem) {
     return "grid " + fmt3(grid.x, grid.y, grid.z) + " exceeds the limits (x <= " +
            std::to_string(g_settings.max_grid_x) + ", y and z <= 65535)";
   }
+  // Registers are allocated per warp, in units of 256 (8 per thread): a block needs warps x that, at most 65536.
+  const int regs = k.registers[g_settings.arch >= 90];
+  const uint64_t warps = (threads + 31) / 32, per_warp = (uint64_t(regs) + 7) / 8 * 8 * 32;
+  if (warps * per_warp > 65536) {
+    return "too many resources requested: " + std::to_string(regs) + " registers per thread (the sm_" +
+           std::to_string(g_settings.arch) + " cubin) x " + std::to_string(threads) + " threads exceed the 65536 of an SM";
+  }
   if (smem > size_t(k.max_dynamic_smem)) {
     return std::to_string(smem) + " bytes of dynamic shared memory exceed the kernel's limit of " +
            std::to_string(k.max_dynamic_smem) + " (48 KB unless raised by cudaFuncSetAttribute, at most " +
@@ -495,6 +502,17 @@ std::vector<std::string> kernel_names() {
   for (const auto& [addr, k] : registry()) out.push_back(k->name);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+bool set_kernel_registers(int arch, const std::string& kernel, int registers) {
+  if (arch != 80 && arch != 90) return false;
+  for (auto& [addr, k] : registry()) {
+    if (std::string(k->name) == "eurokernels::" + kernel) {
+      k->registers[arch >= 90] = registers;
+      return true;
+    }
+  }
+  return false;
 }
 
 cudaError_t set_max_dynamic_smem(const void* address, int bytes) {

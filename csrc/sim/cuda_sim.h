@@ -83,6 +83,7 @@ void cp_async_wait(int pending);
 struct Kernel {
   const char* name;  // the instantiation, e.g. eurokernels::rms_norm::rms_norm_fwd_kernel<float, float, 4>
   int max_dynamic_smem = 48 * 1024;
+  int registers[2] = {0, 0};  // per thread on sm_80 / sm_90, read from the GPU build's cubins (0: unknown)
 };
 // pretty_function: __PRETTY_FUNCTION__ of ek_sim_kernel_name<K>(), parsed for the name; address: K itself.
 Kernel& register_kernel(const char* pretty_function, const void* address);

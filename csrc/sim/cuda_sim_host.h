@@ -41,4 +41,9 @@ std::string take_launch_error();
 // Every kernel instantiation compiled into this module (one entry per template instantiation).
 std::vector<std::string> kernel_names();
 
+// The registers per thread the GPU build's cubin gives `kernel` (its name without the leading "eurokernels::", as
+// python -m eurokernels.inspect prints it: "rms_norm::rms_norm_fwd_kernel<float, float, 4>") on sm_`arch`: a
+// launch whose block needs more than an SM's 65536 registers is then refused, as on the GPU. False if unknown.
+bool set_kernel_registers(int arch, const std::string& kernel, int registers);
+
 }  // namespace eurokernels::sim

@@ -8,6 +8,7 @@
 #include "sim/cuda_sim_half.h"
 #include "sim/cuda_sim_host.h"
 #include "sim/sim_test_kernels.h"
+#include "testing/warp_matrix_kernels.h"
 
 namespace eurokernels::sim {
 namespace {
@@ -65,6 +66,7 @@ void bind(py::module_& m) {
   m.def("set_max_grid_x", &set_max_grid_x, "Largest gridDim.x (lowered by tests to drive grid-stride loops)");
   m.def("max_grid_x", &max_grid_x);
   m.def("kernels", &kernel_names, "Every kernel instantiation this module can run");
+  m.def("set_kernel_registers", &set_kernel_registers, py::arg("arch"), py::arg("kernel"), py::arg("registers"));
   m.def("set_capture", &set_capture, py::arg("record"), py::arg("run"));
   m.def("take_records", [] { return records_to_list(take_records()); });
 
@@ -128,15 +130,15 @@ void bind(py::module_& m) {
     cuda::check_launch();
   });
   m.def("test_mma", [](at::Tensor a, at::Tensor b, at::Tensor c, at::Tensor d, bool bf16, int mode) {
-    t::mma(ptr<uint16_t>(a, "a"), ptr<uint16_t>(b, "b"), ptr<float>(c, "c"), ptr<float>(d, "d"), bf16, mode);
+    testing::mma(ptr<uint16_t>(a, "a"), ptr<uint16_t>(b, "b"), ptr<float>(c, "c"), ptr<float>(d, "d"), bf16, mode);
     cuda::check_launch();
   });
   m.def("test_ldmatrix", [](at::Tensor mats, at::Tensor out, int num, bool trans) {
-    t::ldmatrix_dump(ptr<uint16_t>(mats, "mats"), ptr<uint32_t>(out, "out"), num, trans);
+    testing::ldmatrix_dump(ptr<uint16_t>(mats, "mats"), ptr<uint32_t>(out, "out"), num, trans);
     cuda::check_launch();
   });
   m.def("test_cp_async", [](at::Tensor src, at::Tensor out0, at::Tensor out1, int src_bytes_last) {
-    t::cp_async_copy(ptr<float>(src, "src"), ptr<float>(out0, "out0"), ptr<float>(out1, "out1"), src_bytes_last);
+    testing::cp_async_copy(ptr<float>(src, "src"), ptr<float>(out0, "out0"), ptr<float>(out1, "out1"), src_bytes_last);
     cuda::check_launch();
   });
   m.def("test_race", [](at::Tensor flag, at::Tensor seen, int threads) {

@@ -12,9 +12,6 @@ void warp_ops(int* out, unsigned mask, int width);
 int launch_probe(dim3 grid, dim3 block, size_t smem, int optin_bytes, int* out);  // -> cudaFuncSetAttribute's status
 void shared_memory(int* out, int blocks, int threads);
 void atomics(int* counter, float* sum, int* max_tid, int blocks, int threads);
-void mma(const uint16_t* a, const uint16_t* b, const float* c, float* d, bool bf16, int mode);  // 0 fragments, 1/2 ldmatrix
-void ldmatrix_dump(const uint16_t* m, uint32_t* out, int num, bool trans);
-void cp_async_copy(const float* src, float* out0, float* out1, int src_bytes_last);
 void race(int* flag, int* seen, int threads);
 
 }  // namespace eurokernels::sim::tests
