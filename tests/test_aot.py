@@ -148,16 +148,17 @@ def _cuda_rows(inspection):
 
 
 def test_cuda_cubins_have_no_spills(inspection):
-    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0, static
-    shared memory within 48 KB."""
+    """The CUDA C++ kernels of eurokernels/_cuda*.so, for sm_80 and sm_90: every kernel in both, LOCAL 0 and STACK 0,
+    static shared memory within 48 KB. (ptxas may put spills on the stack: a 16-byte spill of two RMSNorm backward
+    instantiations on sm_90 showed as STACK:16 with LOCAL:0.)"""
     rows = _cuda_rows(inspection)
     by_arch = defaultdict(set)
     for r in rows:
         by_arch[r["target"]].add((r["kernel"], r["config"]))
     assert set(by_arch) == set(aot.CUDA_ARCHS), f"cubins for {sorted(by_arch)}, expected {aot.CUDA_ARCHS}"
     assert by_arch["sm_80"] == by_arch["sm_90"] and by_arch["sm_80"], "the same kernels for every arch"
-    bad = [f"{r['kernel']}{r['config']} on {r['target']}: LOCAL {r['spills']}, shared {r['shared']}"
-           for r in rows if r["spills"] != 0 or r["shared"] > r["shared_limit"] or not r["has_sass"]]
+    bad = [f"{r['kernel']}{r['config']} on {r['target']}: LOCAL {r['spills']}, STACK {r['stack']}, shared {r['shared']}"
+           for r in rows if r["spills"] != 0 or r["stack"] != 0 or r["shared"] > r["shared_limit"] or not r["has_sass"]]
     assert not bad, "\n".join(bad)
 
 

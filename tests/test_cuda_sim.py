@@ -23,14 +23,15 @@ def test_conversions_round_to_nearest_even_like_torch(sim):
     bits = torch.randint(-2**31, 2**31 - 1, (20000,), dtype=torch.int64).to(torch.int32).view(torch.float32)
     x = torch.cat([special, -special, bits[torch.isfinite(bits)]])
     for dtype in (torch.float16, torch.bfloat16):
-        got = sim.round_to(x, dtype)
-        assert torch.equal(got, x.to(dtype).float()), f"{dtype}: first mismatch at {(got != x.to(dtype).float()).nonzero()[:1]}"
+        got, want = sim.round_to(x, dtype), x.to(dtype).float()
+        assert torch.equal(got, want), f"{dtype}: first mismatch at {(got != want).nonzero()[:1]}"
     assert torch.isnan(sim.round_to(torch.tensor([float("nan")]), torch.float16)).all()
     assert torch.isnan(sim.round_to(torch.tensor([float("nan")]), torch.bfloat16)).all()
 
 
 @pytest.mark.parametrize("mode, message", [
-    (0, r"thread \(16, 0, 0\) \(warp 0, lane 16\) exited without reaching the __syncthreads at sim/sim_test_kernels.cu"),
+    (0, r"thread \(16, 0, 0\) \(warp 0, lane 16\) exited without reaching the __syncthreads at "
+        r"sim/sim_test_kernels.cu"),
     (1, r"divergent barrier: thread \(0, 0, 0\) .* waits at __syncthreads at sim/sim_test_kernels.cu:\d+ while "
         r"thread \(1, 0, 0\) .* waits at sim/sim_test_kernels.cu:\d+"),
     (2, r"thread \(5, 0, 0\) \(warp 0, lane 5\) exited without reaching the __syncthreads"),

@@ -1,5 +1,5 @@
-// RMSNorm CUDA kernels. Forward: one block per row (grid-stride), 128-bit vector accesses when the row allows, fp32 sum of
-// squares, then a second sweep over the same row (an L1/L2 hit) to scale. Backward: a fixed number of blocks,
+// RMSNorm CUDA kernels. Forward: one block per row (grid-stride), 128-bit vector accesses when the row allows, fp32
+// sum of squares, then a second sweep over the same row (an L1/L2 hit) to scale. Backward: a fixed number of blocks,
 // each owning a contiguous chunk of rows and one fp32 row of dw partials; a second kernel sums the partials in
 // block order, so dw is bitwise deterministic (no atomics).
 #include "cuda_utils.cuh"
@@ -12,9 +12,10 @@ namespace {
 using namespace eurokernels::cuda;
 
 // 1024 threads at most (row_threads): __launch_bounds__ keeps the compiler within the 64 registers per thread that
-// a 1024-thread block can have, or the launch would fail on the GPU.
+// a 1024-thread block can have, or the launch would fail on the GPU. The explicit 1 block per SM matters: with it
+// left out, ptxas (CUDA 13) capped two backward instantiations at 32 registers and spilled.
 template <typename T, typename W, int VEC>
-__global__ void __launch_bounds__(1024) rms_norm_fwd_kernel(ForwardParams p) {
+__global__ void __launch_bounds__(1024, 1) rms_norm_fwd_kernel(ForwardParams p) {
   __shared__ float scratch[32];
   const W* w = static_cast<const W*>(p.weight);
   // One block per row; blocks step by gridDim.x, so more rows than the grid holds also work (grid_rows).
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(1024) rms_norm_fwd_kernel(ForwardParams p) {
 }
 
 template <typename T, typename W, int VEC>
-__global__ void __launch_bounds__(1024) rms_norm_bwd_kernel(BackwardParams p) {
+__global__ void __launch_bounds__(1024, 1) rms_norm_bwd_kernel(BackwardParams p) {
   __shared__ float scratch[32];
   const int64_t per_block = (p.rows + gridDim.x - 1) / gridDim.x;
   const int64_t row0 = blockIdx.x * per_block, row1 = min(p.rows, row0 + per_block);

@@ -394,7 +394,8 @@ std::string check_config(const Kernel& k, dim3 grid, dim3 block, size_t smem) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (!grid.x || !grid.y || !grid.z || !threads) return "a grid or block dimension is 0";
   if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > 1024) {
-    return "block " + fmt3(block.x, block.y, block.z) + " exceeds the 1024 threads (x, y <= 1024, z <= 64) a block may have";
+    return "block " + fmt3(block.x, block.y, block.z) +
+           " exceeds the 1024 threads (x, y <= 1024, z <= 64) a block may have";
   }
   if (int64_t(grid.x) > g_settings.max_grid_x || grid.y > 65535 || grid.z > 65535) {
     return "grid " + fmt3(grid.x, grid.y, grid.z) + " exceeds the limits (x <= " +
@@ -405,7 +406,8 @@ std::string check_config(const Kernel& k, dim3 grid, dim3 block, size_t smem) {
   const uint64_t warps = (threads + 31) / 32, per_warp = (uint64_t(regs) + 7) / 8 * 8 * 32;
   if (warps * per_warp > 65536) {
     return "too many resources requested: " + std::to_string(regs) + " registers per thread (the sm_" +
-           std::to_string(g_settings.arch) + " cubin) x " + std::to_string(threads) + " threads exceed the 65536 of an SM";
+           std::to_string(g_settings.arch) + " cubin) x " + std::to_string(threads) +
+           " threads exceed the 65536 of an SM";
   }
   if (smem > size_t(k.max_dynamic_smem)) {
     return std::to_string(smem) + " bytes of dynamic shared memory exceed the kernel's limit of " +
@@ -466,7 +468,9 @@ char* dynamic_shared() {
 }
 
 void cp_async(void* dst, const void* src, int cp_bytes, int src_bytes, const Site& site) {
-  if (cp_bytes != 4 && cp_bytes != 8 && cp_bytes != 16) fail("cp.async of " + std::to_string(cp_bytes) + " bytes", site);
+  if (cp_bytes != 4 && cp_bytes != 8 && cp_bytes != 16) {
+    fail("cp.async of " + std::to_string(cp_bytes) + " bytes", site);
+  }
   if (src_bytes < 0 || src_bytes > cp_bytes) fail("cp.async with src-size " + std::to_string(src_bytes), site);
   if (reinterpret_cast<uintptr_t>(dst) % cp_bytes || reinterpret_cast<uintptr_t>(src) % cp_bytes) {
     fail("cp.async address not aligned to its " + std::to_string(cp_bytes) + " bytes", site);
@@ -530,7 +534,9 @@ void launch(Kernel& k, dim3 grid, dim3 block, size_t smem, void (*body)(const vo
     g_records.push_back(LaunchRecord{k.name, grid, block, smem, bad});
   }
   if (!bad.empty()) {
-    if (tls_last_error.empty()) tls_last_error = "CUDA simulation: launch of " + std::string(k.name) + " refused: " + bad;
+    if (tls_last_error.empty()) {
+      tls_last_error = "CUDA simulation: launch of " + std::string(k.name) + " refused: " + bad;
+    }
     return;
   }
   if (!s.run) return;
@@ -541,7 +547,8 @@ void launch(Kernel& k, dim3 grid, dim3 block, size_t smem, void (*body)(const vo
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
       Block b;
-      b.info.block_idx = uint3{unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / (int64_t(grid.x) * grid.y))};
+      b.info.block_idx = uint3{unsigned(i % grid.x), unsigned(i / grid.x % grid.y),
+                               unsigned(i / (int64_t(grid.x) * grid.y))};
       b.info.block_dim = block;
       b.info.grid_dim = grid;
       b.kernel = &k;
@@ -564,7 +571,9 @@ void launch(Kernel& k, dim3 grid, dim3 block, size_t smem, void (*body)(const vo
 
 // ------------------------------------------------------------------------------------------------- controls
 void set_arch(int sm) {
-  if (sm != 80 && sm != 90) throw std::invalid_argument("CUDA simulation: arch must be 80 or 90, got " + std::to_string(sm));
+  if (sm != 80 && sm != 90) {
+    throw std::invalid_argument("CUDA simulation: arch must be 80 or 90, got " + std::to_string(sm));
+  }
   g_settings.arch = sm;
 }
 int arch() { return g_settings.arch; }

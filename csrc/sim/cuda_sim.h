@@ -156,7 +156,8 @@ inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_s
 
 // ---- warp shuffles and votes (width: a power of two <= 32, the segment the source lane is taken in)
 template <typename T>
-T __shfl_sync(unsigned mask, T v, int src, int width = 32, const std::source_location& s = std::source_location::current()) {
+T __shfl_sync(unsigned mask, T v, int src, int width = 32,
+               const std::source_location& s = std::source_location::current()) {
   return eurokernels::sim::shuffle(eurokernels::sim::WarpOp::Shfl, mask, v, src, width, s);
 }
 template <typename T>
@@ -174,7 +175,8 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
                   const std::source_location& s = std::source_location::current()) {
   return eurokernels::sim::shuffle(eurokernels::sim::WarpOp::ShflXor, mask, v, lane_mask, width, s);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred, const std::source_location& s = std::source_location::current()) {
+inline unsigned __ballot_sync(unsigned mask, int pred,
+                              const std::source_location& s = std::source_location::current()) {
   return unsigned(eurokernels::sim::shuffle(eurokernels::sim::WarpOp::Ballot, mask, unsigned(pred != 0), 0, 32, s));
 }
 inline int __any_sync(unsigned mask, int pred, const std::source_location& s = std::source_location::current()) {

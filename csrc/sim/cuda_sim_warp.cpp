@@ -87,7 +87,9 @@ std::string mma(unsigned mask, LaneArg* const (&args)[32]) {
     if ((args[l]->arg != 0) != bf16) return lane_error("mma.sync", l, "uses another input type than lane 0");
     const auto* m = static_cast<const MmaLane*>(args[l]->data);
     const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < 8; ++i) a[g + 8 * ((i >> 1) & 1)][2 * t + (i & 1) + 8 * (i >> 2)] = half_at(m->a[i / 2], i & 1, bf16);
+    for (int i = 0; i < 8; ++i) {
+      a[g + 8 * ((i >> 1) & 1)][2 * t + (i & 1) + 8 * (i >> 2)] = half_at(m->a[i / 2], i & 1, bf16);
+    }
     for (int i = 0; i < 4; ++i) b[2 * t + (i & 1) + 8 * (i >> 1)][g] = half_at(m->b[i / 2], i & 1, bf16);
     for (int i = 0; i < 4; ++i) c[g + 8 * (i >> 1)][2 * t + (i & 1)] = m->c[i];
   }
@@ -116,7 +118,9 @@ std::string ldmatrix(unsigned mask, LaneArg* const (&args)[32]) {
       const int l = 8 * j + r;
       if (args[l]->arg != args[0]->arg) return lane_error("ldmatrix", l, "uses another shape than lane 0");
       const void* row = static_cast<const LdmatrixLane*>(args[l]->data)->row;
-      if (reinterpret_cast<uintptr_t>(row) % 16) return lane_error("ldmatrix", l, "gives a row address not aligned to 16 bytes");
+      if (reinterpret_cast<uintptr_t>(row) % 16) {
+        return lane_error("ldmatrix", l, "gives a row address not aligned to 16 bytes");
+      }
       std::memcpy(m[j][r], row, 16);
     }
   }

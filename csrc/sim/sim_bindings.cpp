@@ -100,7 +100,8 @@ void bind(py::module_& m) {
     const float* src = in.const_data_ptr<float>();
     float* dst = out.mutable_data_ptr<float>();
     for (int64_t i = 0; i < in.numel(); ++i) {
-      dst[i] = dtype == at::kHalf ? __half2float(__float2half_rn(src[i])) : __bfloat162float(__float2bfloat16_rn(src[i]));
+      dst[i] = dtype == at::kHalf ? __half2float(__float2half_rn(src[i]))
+                                  : __bfloat162float(__float2bfloat16_rn(src[i]));
     }
     return out;
   });

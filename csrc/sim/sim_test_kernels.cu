@@ -85,7 +85,9 @@ __global__ void race_kernel(int* flag, int* seen) {
 
 void barrier_misuse(int mode, int* out) { cuda::launch<barrier_misuse_kernel>(1, 32, 0, nullptr, mode, out); }
 
-void warp_ops(int* out, unsigned mask, int width) { cuda::launch<warp_ops_kernel>(1, 32, 0, nullptr, out, mask, width); }
+void warp_ops(int* out, unsigned mask, int width) {
+  cuda::launch<warp_ops_kernel>(1, 32, 0, nullptr, out, mask, width);
+}
 
 int launch_probe(dim3 grid, dim3 block, size_t smem, int optin_bytes, int* out) {
   const int status = int(cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin_bytes));
