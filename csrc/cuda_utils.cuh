@@ -4,7 +4,7 @@
 //
 // The same sources build twice: by nvcc for the GPU (eurokernels._cuda) and by the host compiler with
 // EUROKERNELS_CUDA_SIM defined (eurokernels._cuda_sim, csrc/sim/README.md), where <cuda_runtime.h> is the SIMT
-// simulation's. What differs between the two is confined to the few lines under "the two builds" below.
+// simulation's. What differs between the two is confined to the #if defined(EUROKERNELS_CUDA_SIM) blocks here.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -51,7 +51,8 @@ def max_grid_x(n):
 @contextlib.contextmanager
 def launches(run=True):
     """Record every launch inside the block: yields a list that holds, on exit, one dict per launch (kernel, grid,
-    block, smem, error). ``run=False`` checks and records the launches without executing them."""
+    block, smem, error). ``run=False`` checks and records the launches without executing them. Not nestable: the
+    records are one process-wide log."""
     m = _module()
     m.take_records()
     m.set_capture(record=True, run=run)

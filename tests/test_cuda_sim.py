@@ -206,3 +206,14 @@ def test_launch_refused_when_the_block_needs_more_registers_than_an_sm_has(sim):
     finally:
         sim.set_kernel_registers(90, name, 0)
     assert not sim.set_kernel_registers(90, "no::such_kernel<int>", 1)
+
+
+def test_inspect_says_which_kernels_run_under_the_simulation():
+    from eurokernels.inspect import simulated_kernels
+    from eurokernels.inspect.__main__ import simulated
+    text = simulated(simulated_kernels())
+    assert "run on CPU under the simulation" in text
+    for family in ("rms_norm::rms_norm_fwd_kernel", "rotary::rotary_kernel", "softmax::softmax_bwd_kernel",
+                   "cross_entropy::cross_entropy_kernel"):
+        assert f"eurokernels::{family}  (" in text, text
+    assert "sim::tests" not in text and "testing::" not in text  # test kernels are not the package's

@@ -324,8 +324,10 @@ void fiber_entry() {
   Fiber& f = *tls_fiber;
   try {
     b.body(b.ctx);
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // no exception may unwind past the fiber's first frame
     set_error(b, thread_name(b, f) + ": " + e.what());
+  } catch (...) {
+    set_error(b, thread_name(b, f) + ": an exception that is not a std::exception");
   }
   finish(b, f);
   abandon();  // the scheduler never resumes a finished fiber

@@ -33,5 +33,5 @@ def simulated_kernels():
         return None
 
 
-__all__ = ["inspect", "triton_rows", "cuda_rows", "find_cuda_extension", "TARGETS", "SHARED_LIMIT",
-           "SPEC_MODULES", "CUDA_ARCHS"]
+__all__ = ["inspect", "simulated_kernels", "triton_rows", "cuda_rows", "find_cuda_extension", "TARGETS",
+           "SHARED_LIMIT", "SPEC_MODULES", "CUDA_ARCHS"]
