@@ -1,10 +1,17 @@
-// eurokernels._cuda: the CUDA C++ kernels as plain functions (see bindings_cpu.cpp for why not torch ops).
+// eurokernels._cuda: the CUDA C++ kernels as plain functions (see bindings_cpu.cpp for why not torch ops). The same
+// file makes eurokernels._cuda_sim, the simulation build (csrc/sim), which adds its controls and test kernels.
 #include <torch/extension.h>
 
 #include "cross_entropy/cross_entropy.h"
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 #include "softmax/softmax.h"
+
+#if defined(EUROKERNELS_CUDA_SIM)
+namespace eurokernels::sim {
+void bind(pybind11::module_& m);  // sim/sim_bindings.cpp
+}
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
@@ -14,4 +21,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cuda, "Softmax / log-softmax forward (CUDA)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cuda, "Softmax / log-softmax backward (CUDA)");
+#if defined(EUROKERNELS_CUDA_SIM)
+  eurokernels::sim::bind(m);
+#endif
 }

@@ -1,6 +1,10 @@
 // Helpers shared by the CUDA kernels: dtype tags, fp32 conversion, vector loads, block reductions (device), and the
-// launchers' runtime-to-template switches (host). Free of torch headers on purpose: nvcc spends minutes on them,
-// and the .cu files only need raw pointers.
+// launchers' runtime-to-template switches and launch (host). Free of torch headers on purpose: nvcc spends minutes
+// on them, and the .cu files only need raw pointers.
+//
+// The same sources build twice: by nvcc for the GPU (eurokernels._cuda) and by the host compiler with
+// EUROKERNELS_CUDA_SIM defined (eurokernels._cuda_sim, csrc/sim/README.md), where <cuda_runtime.h> is the SIMT
+// simulation's. What differs between the two is confined to the #if defined(EUROKERNELS_CUDA_SIM) blocks here.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,7 +15,32 @@
 #include <initializer_list>
 #include <type_traits>
 
+// ------------------------------------------------------------------------------------------- the two builds
+#if defined(EUROKERNELS_CUDA_SIM)
+// A point where the simulation's seeded schedule may switch threads, to expose ordering races; nothing on a GPU.
+#define EK_MEMORY_POINT() ::eurokernels::sim::memory_point()
+#define EK_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::eurokernels::sim::dynamic_shared())
+#else
+#define EK_MEMORY_POINT() ((void)0)
+// The block's dynamic shared memory (the launch's smem bytes) as T*. One untyped declaration for every kernel:
+// extern __shared__ arrays of different types under one name do not compile in templates.
+#define EK_DYNAMIC_SHARED(T, name)                               \
+  extern __shared__ __align__(16) unsigned char ek_dynamic_smem[]; \
+  T* name = reinterpret_cast<T*>(ek_dynamic_smem)
+#endif
+
 namespace eurokernels::cuda {
+
+// Kernel<<<grid, block, smem, stream>>>(args...), spelled as a function so that it also compiles as host C++.
+template <auto Kernel, typename... Args>
+inline void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+#if defined(EUROKERNELS_CUDA_SIM)
+  (void)stream;  // the simulation runs the kernel to completion before returning
+  sim::launch<Kernel>(grid, block, smem, args...);
+#else
+  Kernel<<<grid, block, smem, stream>>>(args...);
+#endif
+}
 
 // Matches the order in the launchers' dtype switch (see dtype_of() in the *_cuda.cpp bindings).
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -36,6 +65,7 @@ struct alignas(sizeof(T) * VEC) Pack {
 
 template <typename T, int VEC>
 __device__ __forceinline__ void load_f32(const T* p, float (&out)[VEC]) {
+  EK_MEMORY_POINT();
   Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) out[k] = to_float(pk.v[k]);
@@ -43,6 +73,7 @@ __device__ __forceinline__ void load_f32(const T* p, float (&out)[VEC]) {
 
 template <typename T, int VEC>
 __device__ __forceinline__ void store_f32(T* p, const float (&in)[VEC]) {
+  EK_MEMORY_POINT();
   Pack<T, VEC> pk;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(in[k]);
@@ -109,6 +140,20 @@ void dispatch_vec(int vec, F&& f) {
     default: return call(std::integral_constant<int, 1>{});
   }
 }
+
+// The largest gridDim.x: 2^31 - 1 on every GPU since sm_30; in the simulation, what it is set to (tests lower it to
+// drive the grid-stride loops with a few rows).
+inline int64_t grid_limit_x() {
+#if defined(EUROKERNELS_CUDA_SIM)
+  return sim::max_grid_x();
+#else
+  return 2147483647;
+#endif
+}
+
+// gridDim.x for kernels that give one block to a row and step over rows by gridDim.x: one block per row up to the
+// grid limit. (A plain unsigned(rows) wraps past 2^32 rows and would silently skip most of them.)
+inline unsigned grid_rows(int64_t rows) { return unsigned(std::min<int64_t>(rows, grid_limit_x())); }
 
 // Threads for a kernel that gives one block to a row of n elements, VEC at a time: one vector per thread, a
 // multiple of 32, between 32 and max_threads (rows longer than that loop).

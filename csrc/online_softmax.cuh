@@ -19,14 +19,19 @@ constexpr float kLn2 = 0.6931471805599453f;
 // exp(d) through the hardware exp2.
 __device__ __forceinline__ float exp_diff(float d) { return exp2f(d * kLog2e); }
 
+// max(a, b) that returns NaN when either is NaN (fmaxf returns the other operand): a NaN must reach the state, or
+// a thread whose values are only NaN and -inf would leave it empty and the row would come out finite (torch: NaN).
+__device__ __forceinline__ float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
 // Adds VEC values to the state: one rescale of s per VEC values, so about one exp per element (against two for the
-// per-element update). All -inf so far leaves the state empty (m = -inf, s = 0) rather than making it NaN.
+// per-element update). All -inf so far leaves the state empty (m = -inf, s = 0) rather than making it NaN; any NaN
+// makes it NaN.
 template <int VEC>
 __device__ __forceinline__ void online_add(float& m, float& s, const float (&v)[VEC]) {
   float vm = v[0];
 #pragma unroll
-  for (int k = 1; k < VEC; ++k) vm = fmaxf(vm, v[k]);
-  const float mn = fmaxf(m, vm);
+  for (int k = 1; k < VEC; ++k) vm = max_nan(vm, v[k]);
+  const float mn = max_nan(m, vm);
   if (mn == -INFINITY) return;
   float e = 0.f;
 #pragma unroll
@@ -37,7 +42,7 @@ __device__ __forceinline__ void online_add(float& m, float& s, const float (&v)[
 
 // Merges the state (m, s) with (m2, s2).
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
-  const float mn = fmaxf(m, m2);
+  const float mn = max_nan(m, m2);
   if (mn == -INFINITY) return;  // both empty (or all -inf so far)
   s = s * exp_diff(m - mn) + s2 * exp_diff(m2 - mn);
   m = mn;

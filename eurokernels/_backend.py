@@ -7,7 +7,9 @@ Backends:
   reference  plain PyTorch in fp32 (eurokernels/reference.py): the oracle; any device.
   cpu        fused C++ kernels (csrc/*/_cpu.cpp), vectorized and multi-threaded; CPU tensors.
   triton     Triton kernels (eurokernels/triton/); CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
-  cuda       CUDA C++ kernels (csrc/*/*.cu); CUDA tensors, when the extension was built with nvcc.
+  cuda       CUDA C++ kernels (csrc/*/*.cu); CUDA tensors, when the extension was built with nvcc, or CPU tensors
+             under EUROKERNELS_CUDA_SIM=1: the same kernels compiled for the host and run by the SIMT simulation
+             (csrc/sim/README.md), as TRITON_INTERPRET=1 runs the Triton kernels.
 """
 import contextlib
 import os
@@ -42,6 +44,11 @@ def triton_interpreter_enabled():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def cuda_sim_enabled():
+    """EUROKERNELS_CUDA_SIM=1: backend 'cuda' runs CPU tensors through the CUDA simulation (read on every call)."""
+    return os.environ.get("EUROKERNELS_CUDA_SIM", "0") not in ("", "0")
+
+
 def resolve(backend, tensor):
     """The backend to run for ``tensor``; raises a ValueError naming what is wrong when it cannot run there."""
     device = tensor.device.type
@@ -52,10 +59,15 @@ def resolve(backend, tensor):
     if name == "cpu" and device != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got a tensor on {tensor.device}")
     if name == "cuda":
-        if device != "cuda":
-            raise ValueError(f"backend 'cuda' needs CUDA tensors, got a tensor on {tensor.device}")
         from . import _ext
-        _ext.cuda()  # raises if the CUDA extension was not built
+        simulated = device == "cpu" and cuda_sim_enabled()
+        if device != "cuda" and not simulated:
+            raise ValueError(f"backend 'cuda' needs CUDA tensors (or CPU tensors under EUROKERNELS_CUDA_SIM=1), "
+                             f"got a tensor on {tensor.device}")
+        # Raises if the extension was not built. Not while torch.compile traces (an import breaks the graph): the
+        # op raises the same error when it runs.
+        if not torch.compiler.is_compiling():
+            (_ext.cuda_sim if simulated else _ext.cuda)()
     if name == "triton" and device == "cpu" and not triton_interpreter_enabled():
         raise ValueError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)")
     if name == "triton" and device not in ("cpu", "cuda"):

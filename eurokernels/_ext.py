@@ -1,6 +1,7 @@
 """Access to the compiled extensions, imported on first use so `import eurokernels` works without them."""
 import functools
 import importlib
+import os
 
 
 @functools.cache
@@ -23,6 +24,33 @@ def cuda():
         raise RuntimeError(
             "backend 'cuda': the CUDA extension eurokernels._cuda is not built "
             f"({e}); install with nvcc on PATH (or CUDA_HOME set) and without EUROKERNELS_SKIP_CUDA") from e
+
+
+@functools.cache
+def cuda_sim():
+    """eurokernels._cuda_sim: the CUDA C++ kernels compiled for the host and run by the SIMT simulation (csrc/sim),
+    on CPU tensors. Its schedule and simulated GPU start from EUROKERNELS_CUDA_SIM_SCHEDULE (default "rr") and
+    EUROKERNELS_CUDA_SIM_ARCH (default 90); eurokernels.cuda_sim changes them."""
+    try:
+        module = importlib.import_module("eurokernels._cuda_sim")
+    except ImportError as e:
+        raise RuntimeError(
+            "backend 'cuda' under EUROKERNELS_CUDA_SIM=1: the simulation extension eurokernels._cuda_sim is not built "
+            f"({e}); reinstall with `pip install --no-build-isolation -e .`") from e
+    module.set_schedule(os.environ.get("EUROKERNELS_CUDA_SIM_SCHEDULE", "rr"))
+    module.set_arch(int(os.environ.get("EUROKERNELS_CUDA_SIM_ARCH", "90")))
+    _load_registers = importlib.import_module("eurokernels.cuda_sim").load_cubin_registers
+    try:  # the register limits of the GPU build's kernels, where there is one and cuobjdump to read it
+        _load_registers(module=module)
+    except (FileNotFoundError, RuntimeError):
+        pass  # no cuobjdump: launches are checked without register counts (README: csrc/sim)
+    return module
+
+
+def cuda_for(tensor):
+    """The module whose CUDA kernels take ``tensor``: _cuda for CUDA tensors, the simulation for CPU tensors (the
+    caller has checked that the simulation is enabled: _backend.resolve and _registry)."""
+    return cuda_sim() if tensor.device.type == "cpu" else cuda()
 
 
 def has_cuda_extension():

@@ -14,27 +14,41 @@ import importlib
 import torch
 
 from . import manifest
-from .manifest import DEVICE_BACKENDS  # noqa: F401  (re-exported: the device rules live in the manifest)
+from ._backend import cuda_sim_enabled
+from .manifest import DEVICE_BACKENDS
 
 NAMESPACE = "eurokernels"
+
+
+def _allowed(device_type):
+    """The backends that run on ``device_type``: the manifest's rule, plus cuda on CPU tensors under
+    EUROKERNELS_CUDA_SIM=1 (the CUDA kernels' host build, run by the SIMT simulation)."""
+    if device_type == "cpu" and cuda_sim_enabled():
+        return DEVICE_BACKENDS["cpu"] + ("cuda",)
+    return DEVICE_BACKENDS[device_type]
 
 
 def kernel(backend, where):
     """The kernel ``where`` of a compiled backend, loaded on first call: keeps `import eurokernels` free of triton
     and the compiled extensions, and lets TRITON_INTERPRET be set any time before the first Triton launch.
-    where: an attribute of the extension (cpu, cuda) or "module.attr" under eurokernels.triton."""
+    where: an attribute of the extension (cpu, cuda) or "module.attr" under eurokernels.triton. The cuda kernels
+    come from the module that takes the first argument's device (eurokernels._cuda, or eurokernels._cuda_sim for
+    CPU tensors), looked up on every call."""
     from . import _ext
+    if backend == "cuda":
+        def call_cuda(*args):
+            return getattr(_ext.cuda_for(args[0]), where)(*args)
+        call_cuda.__name__ = f"cuda:{where}"
+        return call_cuda
     target = None
 
     def load():
         if backend == "cpu":
             return getattr(_ext.cpu(), where)
-        if backend == "cuda":
-            return getattr(_ext.cuda(), where)
         if backend == "triton":
             module, attr = where.rsplit(".", 1)
             return getattr(importlib.import_module(f"eurokernels.triton.{module}"), attr)
-        raise ValueError(f"backend: expected cpu, triton or cuda, got {backend!r}")
+        raise ValueError(f"backend: expected cpu or triton here, got {backend!r}")
 
     def call(*args):
         nonlocal target
@@ -64,10 +78,9 @@ def define_op(name, schema, impls, fake, family, mutates_args=()):
                            f"{family!r} the backends {list(backends)} (eurokernels/manifest.py)")
 
     def kernel_for(device_type):
-        allowed = DEVICE_BACKENDS[device_type]
-
         def run(*args):
             backend = args[-1]
+            allowed = _allowed(device_type)
             if backend not in allowed:
                 raise ValueError(f"eurokernels::{name}: backend {backend!r} does not run on {device_type} tensors")
             if backend not in impls:  # not every op has every backend; say so instead of failing obscurely

@@ -13,6 +13,8 @@ OP = "attention"  # the op family in eurokernels/manifest.py: which backends the
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+
+
 def interpreted(device, backend):
     return backend == "triton" and device.type == "cpu"
 
@@ -308,14 +310,15 @@ def test_triton_fp32_head_dim_limit(device):
         ek.attention(q, k, v, backend="triton")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the registry's NotImplementedError needs CUDA tensors")
 def test_cuda_backend_not_implemented():
-    q, k, v, _ = make("cuda", torch.bfloat16, sq=8, hq=2, hk=1, d=16)
+    # On CPU the cuda backend is reached through the CUDA simulation (EUROKERNELS_CUDA_SIM=1, set by conftest).
+    q, k, v, _ = make("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16, sq=8, hq=2, hk=1, d=16)
     with pytest.raises((NotImplementedError, RuntimeError), match="no 'cuda' backend|not built"):
         ek.attention(q, k, v, backend="cuda")
 
 
-def test_errors():
+def test_errors(monkeypatch):
+    monkeypatch.delenv("EUROKERNELS_CUDA_SIM", raising=False)  # without the simulation, cuda on CPU is an error
     q, k, v, _ = make("cpu", torch.float32, b=2, sq=8, hq=4, hk=2, d=16)
     cq = cu([3, 5], "cpu")
     qp = q[0]

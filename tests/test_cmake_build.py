@@ -1,6 +1,7 @@
 """CMakeLists.txt configures and builds the extensions from csrc/sources.txt, and what it builds works.
 
-One configure + build in a temporary directory (Ninja when available, -j2). The CUDA module is built when a
+One configure + build in a temporary directory (Ninja when available, -j2). The CUDA simulation module is always
+built (host compiler, csrc/sim). The CUDA module is built when a
 CUDA compiler is found (CMake's own default; EUROKERNELS_SKIP_CUDA=1 turns it off, as for setup.py), for sm_80
 only to keep the test short: that also exercises the architecture override. Most of its time (2-5 minutes on 2
 busy cores with nvcc) is the torch headers in the two binding files.
@@ -8,6 +9,7 @@ busy cores with nvcc) is the torch headers in the two binding files.
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,7 @@ def _skip_cuda():
 
 
 def _sources():
-    groups = {"cpu": set(), "cuda": set()}
+    groups = {"cpu": set(), "cuda": set(), "sim": set()}
     for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
         words = line.split("#", 1)[0].split()
         if words:
@@ -73,20 +75,28 @@ def _load(path, name):
 def test_cmake_compiles_exactly_the_listed_sources(cmake_build):
     build, _ = cmake_build
     commands = json.loads((build / "compile_commands.json").read_text())
-    compiled = {"cpu": set(), "cuda": set()}
+    compiled = {"cpu": set(), "cuda": set(), "sim": set()}
     for c in commands:
-        target = "cuda" if "TORCH_EXTENSION_NAME=_cuda" in c["command"] else "cpu"
-        compiled[target].add(str(Path(c["file"]).resolve()))
+        if "TORCH_EXTENSION_NAME=_cuda_sim" in c["command"]:
+            # a generated unit: `#include "<path relative to csrc>"`
+            (included,) = re.findall(r'#include "(.+)"', Path(c["file"]).read_text())
+            compiled["sim"].add(str((ROOT / "csrc" / included).resolve()))
+        else:
+            target = "cuda" if "TORCH_EXTENSION_NAME=_cuda" in c["command"] else "cpu"
+            compiled[target].add(str(Path(c["file"]).resolve()))
     expected = _sources()
     assert compiled["cpu"] == expected["cpu"]
+    assert compiled["sim"] == expected["cuda"] | expected["sim"]
     if compiled["cuda"]:
         assert compiled["cuda"] == expected["cuda"]
 
 
-def test_cmake_cpu_module_runs_rms_norm(cmake_build):
+@pytest.mark.parametrize("module", ["_C", "_cuda_sim"])
+def test_cmake_module_runs_rms_norm(cmake_build, module):
+    # The CPU kernels, and the CUDA kernels' host build (the simulation), on CPU tensors.
     build, _ = cmake_build
-    (so,) = (build / "eurokernels").glob("_C*.so")
-    ext = _load(so, "_C")
+    (so,) = (build / "eurokernels").glob(f"{module}.*.so")
+    ext = _load(so, module)
     x = torch.randn(5, 40, dtype=torch.bfloat16)
     w = torch.randn(40, dtype=torch.float32)
     y, res_out, rstd = ext.rms_norm_fwd(x, w, None, 1e-6, 0.0, 0)  # casting 0: llama
@@ -98,7 +108,7 @@ def test_cmake_cpu_module_runs_rms_norm(cmake_build):
 
 def test_cmake_cuda_module(cmake_build):
     build, log = cmake_build
-    built = list((build / "eurokernels").glob("_cuda*.so"))
+    built = list((build / "eurokernels").glob("_cuda.*.so"))  # (not _cuda_sim)
     if not built:
         if _skip_cuda():
             pytest.skip("EUROKERNELS_SKIP_CUDA is set: configured with EUROKERNELS_CUDA=OFF")

@@ -352,7 +352,8 @@ def test_int64_indexing_beyond_2_31_gpu(backend):
     torch.testing.assert_close(loss, expected, atol=1e-2, rtol=1e-3)
 
 
-def test_errors():
+def test_errors(monkeypatch):
+    monkeypatch.delenv("EUROKERNELS_CUDA_SIM", raising=False)  # without the simulation, cuda on CPU is an error
     x = torch.randn(4, 16)
     y = torch.randint(0, 16, (4,))
     cases = [
@@ -429,3 +430,14 @@ def test_weighting_errors(device):
     with pytest.raises(ValueError, match="token_weights"):
         ek.linear_cross_entropy(torch.randn(4, 3, device=device), torch.randn(10, 3, device=device), labels,
                                 token_weights=torch.ones(2, device=device))
+
+
+def test_nan_logit_gives_nan_loss(device, backend):
+    # As torch: a NaN logit makes its row's loss NaN (301 fp32 classes: one per thread on the cuda backend, the NaN
+    # alone in thread 3's chunk), and leaves the other rows alone.
+    x = torch.randn(2, 301, device=device)
+    x[0, 3] = float("nan")
+    labels = torch.tensor([7, 9], device=device)
+    loss = ek.cross_entropy(x, labels, reduction="none", backend=backend)
+    assert torch.isnan(loss[0]), f"{backend}: finite loss {loss[0].item()} for a row holding NaN"
+    torch.testing.assert_close(loss[1], F.cross_entropy(x[1:], labels[1:], reduction="none")[0])

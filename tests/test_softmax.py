@@ -178,7 +178,8 @@ def test_compile_fullgraph(device, backend):
     torch.testing.assert_close(g, x.grad)
 
 
-def test_errors():
+def test_errors(monkeypatch):
+    monkeypatch.delenv("EUROKERNELS_CUDA_SIM", raising=False)  # without the simulation, cuda on CPU is an error
     x = torch.randn(3, 4)
     with pytest.raises(TypeError, match="x: expected dtype"):
         ek.softmax(x.int())
@@ -188,3 +189,14 @@ def test_errors():
         ek.log_softmax(torch.tensor(1.0))
     with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
         ek.softmax(x, backend="cuda")
+
+
+def test_nan_in_a_row_makes_the_row_nan(device, backend):
+    # As torch: one NaN poisons its row and nothing else. 301 fp32 values: one per thread on the cuda backend, so
+    # the thread holding the NaN (3) sees nothing else (a max that drops NaN would forget it).
+    x = torch.randn(2, 301, device=device)
+    x[0, 3] = float("nan")
+    for ours, theirs in ((ek.softmax, torch.softmax), (ek.log_softmax, torch.log_softmax)):
+        y = ours(x, backend=backend)
+        assert torch.isnan(y[0]).all(), f"{ours.__name__} ({backend}): row 0 has finite values"
+        torch.testing.assert_close(y[1], theirs(x[1], -1))

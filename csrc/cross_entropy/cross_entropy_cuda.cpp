@@ -1,9 +1,5 @@
 // Cross-entropy CUDA entry point: validate, allocate, and launch on the current stream (same contract as
 // cross_entropy_cpu in cross_entropy.h, except that out-of-range labels give NaN rows instead of an error).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_checks.h"
 #include "cross_entropy/cross_entropy_launch.h"
@@ -16,9 +12,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total) {
-  check_args(logits, labels, lse_in, row_scale, dlse, grad_out, at::kCUDA);
+  check_args(logits, labels, lse_in, row_scale, dlse, grad_out, cuda::kDeviceType);
+  cuda::check_same_device(logits, "logits",
+                          {{&labels, "labels"}, {cuda::maybe(lse_in), "lse_in"}, {cuda::maybe(row_scale), "row_scale"},
+                           {cuda::maybe(dlse), "dlse"}, {cuda::maybe(grad_out), "grad_out"}});
   const int64_t rows = logits.size(0), n = logits.size(1);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  TORCH_CHECK(rows == 0 || n > 0, "logits must have at least one class");  // (no kernel would write loss / lse)
+  const cuda::DeviceGuard guard(logits.device());
   const bool backward = lse_in.has_value();
   at::Tensor loss = at::empty({backward ? 0 : rows}, logits.options().dtype(at::kFloat));
   at::Tensor lse = backward ? *lse_in : at::empty({rows}, logits.options().dtype(at::kFloat));
@@ -39,8 +39,8 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
   p.opts = Options{ignore_index, vocab_start, vocab_total, static_cast<float>(label_smoothing),
                    static_cast<float>(z_loss), static_cast<float>(softcap)};
   p.dtype = cuda::dtype_of(logits);
-  launch(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(p, cuda::current_stream());
+  cuda::check_launch();
   return {loss, lse};
 }
 

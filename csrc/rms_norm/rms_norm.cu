@@ -1,5 +1,5 @@
-// RMSNorm CUDA kernels. Forward: one block per row, 128-bit vector accesses when the row allows, fp32 sum of
-// squares, then a second sweep over the same row (an L1/L2 hit) to scale. Backward: a fixed number of blocks,
+// RMSNorm CUDA kernels. Forward: one block per row (grid-stride), 128-bit vector accesses when the row allows, fp32
+// sum of squares, then a second sweep over the same row (an L1/L2 hit) to scale. Backward: a fixed number of blocks,
 // each owning a contiguous chunk of rows and one fp32 row of dw partials; a second kernel sums the partials in
 // block order, so dw is bitwise deterministic (no atomics).
 #include "cuda_utils.cuh"
@@ -11,51 +11,56 @@ namespace {
 
 using namespace eurokernels::cuda;
 
+// 1024 threads at most (row_threads): __launch_bounds__ keeps the compiler within the 64 registers per thread that
+// a 1024-thread block can have, or the launch would fail on the GPU. The explicit 1 block per SM matters: with it
+// left out, ptxas (CUDA 13) capped two backward instantiations at 32 registers and spilled.
 template <typename T, typename W, int VEC>
-__global__ void rms_norm_fwd_kernel(ForwardParams p) {
+__global__ void __launch_bounds__(1024, 1) rms_norm_fwd_kernel(ForwardParams p) {
   __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  const T* x = static_cast<const T*>(p.x) + row * p.stride_x;
-  const T* r = p.residual ? static_cast<const T*>(p.residual) + row * p.stride_r : nullptr;
-  T* res_out = p.residual ? static_cast<T*>(p.residual_out) + row * p.n : nullptr;
-  T* y = static_cast<T*>(p.y) + row * p.n;
   const W* w = static_cast<const W*>(p.weight);
-  const T* h = r ? res_out : x;
+  // One block per row; blocks step by gridDim.x, so more rows than the grid holds also work (grid_rows).
+  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const T* x = static_cast<const T*>(p.x) + row * p.stride_x;
+    const T* r = p.residual ? static_cast<const T*>(p.residual) + row * p.stride_r : nullptr;
+    T* res_out = p.residual ? static_cast<T*>(p.residual_out) + row * p.n : nullptr;
+    T* y = static_cast<T*>(p.y) + row * p.n;
+    const T* h = r ? res_out : x;
 
-  float ss = 0.f;
-  for (int64_t i = int64_t(threadIdx.x) * VEC; i < p.n; i += int64_t(blockDim.x) * VEC) {
-    float v[VEC];
-    load_f32<T, VEC>(x + i, v);
-    if (r) {
-      float rv[VEC];
-      load_f32<T, VEC>(r + i, rv);
+    float ss = 0.f;
+    for (int64_t i = int64_t(threadIdx.x) * VEC; i < p.n; i += int64_t(blockDim.x) * VEC) {
+      float v[VEC];
+      load_f32<T, VEC>(x + i, v);
+      if (r) {
+        float rv[VEC];
+        load_f32<T, VEC>(r + i, rv);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) v[k] = round_to<T>(v[k] + rv[k]);
-      store_f32<T, VEC>(res_out + i, v);  // read back below by this same thread
+        for (int k = 0; k < VEC; ++k) v[k] = round_to<T>(v[k] + rv[k]);
+        store_f32<T, VEC>(res_out + i, v);  // read back below by this same thread
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) ss += v[k] * v[k];
     }
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) ss += v[k] * v[k];
-  }
-  ss = block_sum(ss, scratch);
-  const float rstd = rsqrtf(ss / float(p.n) + p.eps);
-  if (threadIdx.x == 0) p.rstd[row] = rstd;
+    ss = block_sum(ss, scratch);  // ends with a barrier: scratch is free for the next row
+    const float rstd = rsqrtf(ss / float(p.n) + p.eps);
+    if (threadIdx.x == 0) p.rstd[row] = rstd;
 
-  for (int64_t i = int64_t(threadIdx.x) * VEC; i < p.n; i += int64_t(blockDim.x) * VEC) {
-    float v[VEC], wv[VEC];
-    load_f32<T, VEC>(h + i, v);
-    if (w) load_f32<W, VEC>(w + i, wv);
+    for (int64_t i = int64_t(threadIdx.x) * VEC; i < p.n; i += int64_t(blockDim.x) * VEC) {
+      float v[VEC], wv[VEC];
+      load_f32<T, VEC>(h + i, v);
+      if (w) load_f32<W, VEC>(w + i, wv);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      float we = 1.f;
-      if (w) we = p.casting == kGemma ? p.offset + wv[k] : round_to<T>(p.offset + wv[k]);
-      v[k] = scale_element(v[k], rstd, we, w != nullptr, p.casting, [](float a) { return round_to<T>(a); });
+      for (int k = 0; k < VEC; ++k) {
+        float we = 1.f;
+        if (w) we = p.casting == kGemma ? p.offset + wv[k] : round_to<T>(p.offset + wv[k]);
+        v[k] = scale_element(v[k], rstd, we, w != nullptr, p.casting, [](float a) { return round_to<T>(a); });
+      }
+      store_f32<T, VEC>(y + i, v);
     }
-    store_f32<T, VEC>(y + i, v);
   }
 }
 
 template <typename T, typename W, int VEC>
-__global__ void rms_norm_bwd_kernel(BackwardParams p) {
+__global__ void __launch_bounds__(1024, 1) rms_norm_bwd_kernel(BackwardParams p) {
   __shared__ float scratch[32];
   const int64_t per_block = (p.rows + gridDim.x - 1) / gridDim.x;
   const int64_t row0 = blockIdx.x * per_block, row1 = min(p.rows, row0 + per_block);
@@ -126,7 +131,7 @@ void launch_forward(const ForwardParams& p, cudaStream_t stream) {
     if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
     const int threads = row_threads(p.n, vec, 1024);
     dispatch_vec<T>(vec, [&](auto v) {
-      rms_norm_fwd_kernel<T, W, decltype(v)::value><<<unsigned(p.rows), threads, 0, stream>>>(p);
+      cuda::launch<rms_norm_fwd_kernel<T, W, decltype(v)::value>>(grid_rows(p.rows), threads, 0, stream, p);
     });
   });
 }
@@ -141,12 +146,12 @@ void launch_backward(const BackwardParams& p, cudaStream_t stream) {
       if (p.weight && (reinterpret_cast<uintptr_t>(p.weight) % (vec * sizeof(W)))) vec = 1;
       const int threads = row_threads(p.n, vec, 1024);
       dispatch_vec<T>(vec, [&](auto v) {
-        rms_norm_bwd_kernel<T, W, decltype(v)::value><<<unsigned(p.blocks), threads, 0, stream>>>(p);
+        cuda::launch<rms_norm_bwd_kernel<T, W, decltype(v)::value>>(unsigned(p.blocks), threads, 0, stream, p);
       });
     });
   }
   if (p.dw) {
-    sum_partials_kernel<<<unsigned((p.n + 255) / 256), 256, 0, stream>>>(p.dw_partial, p.dw, p.blocks, p.n);
+    cuda::launch<sum_partials_kernel>(unsigned((p.n + 255) / 256), 256, 0, stream, p.dw_partial, p.dw, p.blocks, p.n);
   }
 }
 

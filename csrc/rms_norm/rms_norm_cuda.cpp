@@ -1,12 +1,11 @@
 // RMSNorm CUDA entry points: validate, allocate, and launch on the current stream. Compiled by g++ (torch
 // headers here, not in the .cu, keeps nvcc fast).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cmath>
 
 #include "common.h"
 #include "cuda_utils_host.h"
 #include "rms_norm/rms_norm.h"
+#include "rms_norm/rms_norm_common.h"
 #include "rms_norm/rms_norm_launch.h"
 
 namespace eurokernels::rms_norm {
@@ -14,10 +13,11 @@ namespace eurokernels::rms_norm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                             const std::optional<at::Tensor>& residual, double eps,
                                                             double offset, int64_t casting) {
-  CHECK_DEVICE(x, at::kCUDA);
+  cuda::check_same_device(x, "x", {{cuda::maybe(weight), "weight"},
+                                   {cuda::maybe(residual), "residual"}});
   CHECK_DIM(x, 2);
   CHECK_LASTDIM_CONTIGUOUS(x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   const int64_t rows = x.size(0), n = x.size(1);
   if (residual) {
     CHECK_SAME_SHAPE(*residual, x);
@@ -26,9 +26,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
   }
   at::Tensor w = weight ? weight->contiguous() : at::Tensor();
   if (weight) TORCH_CHECK(w.dim() == 1 && w.size(0) == n, "weight must be [", n, "]");
+  TORCH_CHECK(casting >= kLlama && casting <= kNone, "unknown casting mode ", casting);
   at::Tensor y = at::empty({rows, n}, x.options());
   at::Tensor res_out = residual ? at::empty({rows, n}, x.options()) : at::empty({0}, x.options());
   at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  // No kernel runs: rstd of an empty row is 1 / sqrt(eps), as the CPU entry point gives.
+  if (rows == 0 || n == 0) return {y, res_out, rstd.fill_(1.f / std::sqrt(static_cast<float>(eps)))};
 
   ForwardParams p{};
   p.x = x.const_data_ptr();
@@ -46,15 +49,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x,
   p.casting = static_cast<int>(casting);
   p.x_dtype = cuda::dtype_of(x);
   p.w_dtype = weight ? cuda::dtype_of(w) : p.x_dtype;
-  launch_forward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_forward(p, cuda::current_stream());
+  cuda::check_launch();
   return {y, res_out, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at::Tensor& h,
                                                  const std::optional<at::Tensor>& weight, const at::Tensor& rstd,
                                                  const std::optional<at::Tensor>& dresidual_out, double offset) {
-  CHECK_DEVICE(h, at::kCUDA);
+  cuda::check_same_device(h, "h", {{&dy, "dy"}, {&rstd, "rstd"}, {cuda::maybe(weight), "weight"},
+                                   {cuda::maybe(dresidual_out), "dresidual_out"}});
   CHECK_DIM(h, 2);
   CHECK_SAME_SHAPE(dy, h);
   CHECK_DTYPE(dy, h.scalar_type());
@@ -62,12 +66,14 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at:
   CHECK_LASTDIM_CONTIGUOUS(h);
   CHECK_DTYPE(rstd, at::kFloat);
   CHECK_CONTIGUOUS(rstd);
+  TORCH_CHECK(rstd.numel() == h.size(0), "rstd must have ", h.size(0), " elements");
+  if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == h.size(1), "weight must be [", h.size(1), "]");
   if (dresidual_out) {
     CHECK_SAME_SHAPE(*dresidual_out, h);
     CHECK_DTYPE(*dresidual_out, h.scalar_type());
     CHECK_LASTDIM_CONTIGUOUS(*dresidual_out);
   }
-  const c10::cuda::CUDAGuard guard(h.device());
+  const cuda::DeviceGuard guard(h.device());
   const int64_t rows = h.size(0), n = h.size(1);
   at::Tensor w = weight ? weight->contiguous() : at::Tensor();
   // Two blocks per SM keep every SM busy while bounding the dw scratch to 2 * SMs rows.
@@ -95,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dy, const at:
   p.x_dtype = cuda::dtype_of(h);
   p.w_dtype = weight ? cuda::dtype_of(w) : p.x_dtype;
   p.blocks = blocks;
-  launch_backward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_backward(p, cuda::current_stream());
+  cuda::check_launch();
   return {dx, weight ? dw.to(weight->scalar_type()) : dw};
 }
 

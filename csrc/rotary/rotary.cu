@@ -109,9 +109,9 @@ void launch_typed(const Params& p, cudaStream_t stream) {
     dispatch_vec<T>(vec, [&](auto v) {
       constexpr int V = decltype(v)::value;
       if (p.interleaved) {
-        rotary_kernel<T, C, V, true><<<blocks, threads, 0, stream>>>(p);
+        cuda::launch<rotary_kernel<T, C, V, true>>(blocks, threads, 0, stream, p);
       } else {
-        rotary_kernel<T, C, V, false><<<blocks, threads, 0, stream>>>(p);
+        cuda::launch<rotary_kernel<T, C, V, false>>(blocks, threads, 0, stream, p);
       }
     });
   };

@@ -1,10 +1,6 @@
 // Rotary CUDA entry point: validate, fill the plain params struct, launch on the current stream. Compiled by g++
 // (torch headers here, not in the .cu, keeps nvcc fast). No value checks (positions, cu_seqlens): they would
 // synchronize the stream; the kernel writes NaN for tokens without a valid position instead.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include "common.h"
 #include "cuda_utils_host.h"
 #include "rotary/rotary.h"
@@ -16,13 +12,14 @@ Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optiona
                    const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                    bool interleaved, bool conjugate) {
-  CHECK_DEVICE(q, at::kCUDA);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const cuda::DeviceGuard guard(q.device());
   CHECK_DIM(q, 4);
   CHECK_DIM(k, 4);
   const at::Tensor q_out = q_out_arg ? *q_out_arg : at::empty(q.sizes(), q.options());
   const at::Tensor k_out = k_out_arg ? *k_out_arg : at::empty(k.sizes(), k.options());
-  for (const at::Tensor* t : {&k, &q_out, &k_out, &cos, &sin}) CHECK_DEVICE(*t, at::kCUDA);
+  cuda::check_same_device(q, "q", {{&k, "k"}, {&q_out, "q_out"}, {&k_out, "k_out"}, {&cos, "cos"}, {&sin, "sin"},
+                                   {cuda::maybe(position_ids), "position_ids"},
+                                   {cuda::maybe(cu_seqlens), "cu_seqlens"}});
   check_args(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens);
   TORCH_CHECK(q.size(0) * q.size(1) <= INT32_MAX, "rotary: more than 2^31 - 1 tokens");
   Params p{};
@@ -54,8 +51,8 @@ Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optiona
   p.copy_pass = (q_out.data_ptr() != q.data_ptr() || k_out.data_ptr() != k.data_ptr()) && 2 * p.half < p.head_dim;
   p.dtype = cuda::dtype_of(q);
   p.table_fp32 = cos.scalar_type() == at::kFloat;
-  launch(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(p, cuda::current_stream());
+  cuda::check_launch();
   return {q_out, k_out};
 }
 

@@ -7,7 +7,6 @@
 // sum, then a second sweep writing dx = p * (dy - c) or dy - p * c.
 // Blocks step over rows by gridDim.x, so more than 2^31 - 1 rows also work.
 #include <algorithm>
-#include <climits>
 
 #include "cuda_utils.cuh"
 #include "online_softmax.cuh"
@@ -97,9 +96,6 @@ void dispatch(int dtype, bool log, std::initializer_list<int64_t> extents, std::
   });
 }
 
-// One block per row up to the grid limit (the kernels step over the rest).
-unsigned blocks_for(int64_t rows) { return unsigned(std::min<int64_t>(rows, INT_MAX)); }
-
 // At most 512 threads per block: several blocks per SM on long rows.
 int threads_for(int64_t n, int vec) { return row_threads(n, vec, 512); }
 
@@ -110,7 +106,7 @@ void launch_forward(const ForwardParams& p, cudaStream_t stream) {
   dispatch(p.dtype, p.log, {p.n, p.stride_x}, {p.x, p.y}, [&](auto t, auto v, auto log) {
     constexpr int VEC = decltype(v)::value;
     constexpr bool LOG = decltype(log)::value;
-    softmax_fwd_kernel<decltype(t), VEC, LOG><<<blocks_for(p.rows), threads_for(p.n, VEC), 0, stream>>>(p);
+    cuda::launch<softmax_fwd_kernel<decltype(t), VEC, LOG>>(grid_rows(p.rows), threads_for(p.n, VEC), 0, stream, p);
   });
 }
 
@@ -119,7 +115,7 @@ void launch_backward(const BackwardParams& p, cudaStream_t stream) {
   dispatch(p.dtype, p.log, {p.n, p.stride_dy, p.stride_x}, {p.dy, p.x, p.dx}, [&](auto t, auto v, auto log) {
     constexpr int VEC = decltype(v)::value;
     constexpr bool LOG = decltype(log)::value;
-    softmax_bwd_kernel<decltype(t), VEC, LOG><<<blocks_for(p.rows), threads_for(p.n, VEC), 0, stream>>>(p);
+    cuda::launch<softmax_bwd_kernel<decltype(t), VEC, LOG>>(grid_rows(p.rows), threads_for(p.n, VEC), 0, stream, p);
   });
 }
 

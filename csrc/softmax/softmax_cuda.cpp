@@ -1,9 +1,5 @@
 // Softmax / log-softmax CUDA entry points: validate, allocate, and launch on the current stream (same contract as
 // the CPU ones in softmax.h). Compiled by g++ (torch headers here, not in the .cu, keeps nvcc fast).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <limits>
 
 #include "common.h"
@@ -14,11 +10,11 @@
 namespace eurokernels::softmax {
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, bool log) {
-  CHECK_DEVICE(x, at::kCUDA);
+  CHECK_DEVICE(x, cuda::kDeviceType);
   CHECK_DIM(x, 2);
   const int64_t rows = x.size(0), n = x.size(1);
   check_rows(x, "x", rows, n);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   at::Tensor y = at::empty({rows, n}, x.options());
   at::Tensor lse = at::empty({rows}, x.options().dtype(at::kFloat));
   if (rows == 0) return {y, lse};
@@ -33,20 +29,17 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, bool log) {
   p.stride_x = x.stride(0);
   p.log = log;
   p.dtype = cuda::dtype_of(x);
-  launch_forward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_forward(p, cuda::current_stream());
+  cuda::check_launch();
   return {y, lse};
 }
 
 at::Tensor backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log) {
-  CHECK_DEVICE(x, at::kCUDA);
+  cuda::check_same_device(x, "x", {{&dy, "dy"}, {&lse, "lse"}});
   CHECK_DIM(x, 2);
   check_backward_args(dy, x, lse);
-  for (const at::Tensor* t : {&dy, &lse}) {
-    TORCH_CHECK(t->device() == x.device(), "dy and lse must be on x's device ", x.device(), ", got ", t->device());
-  }
   const int64_t rows = x.size(0), n = x.size(1);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   at::Tensor dx = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return dx;
 
@@ -61,8 +54,8 @@ at::Tensor backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Te
   p.stride_x = x.stride(0);
   p.log = log;
   p.dtype = cuda::dtype_of(x);
-  launch_backward(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_backward(p, cuda::current_stream());
+  cuda::check_launch();
   return dx;
 }
 

@@ -55,7 +55,22 @@ def table(result):
                 lines.append("  ".join(x.rjust(w) if i >= 3 else x.ljust(w) for i, (x, w) in enumerate(zip(c, widths))))
     if result["cuda_extension"] is None:
         lines += ["", "CUDA C++ kernels: extension eurokernels/_cuda*.so not built (build with nvcc on PATH)"]
+    lines += ["", simulated(result.get("simulated"))]
     lines += ["", LEGEND]
+    return "\n".join(lines)
+
+
+def simulated(names):
+    """Which CUDA C++ kernels run on CPU under the simulation, per kernel (instantiations counted)."""
+    if names is None:
+        return "CUDA simulation: eurokernels._cuda_sim not built (reinstall: pip install --no-build-isolation -e .)"
+    counts = {}
+    for n in names:
+        base = n.split("<", 1)[0]
+        counts[base] = counts.get(base, 0) + 1
+    lines = ["CUDA C++ kernels that run on CPU under the simulation (EUROKERNELS_CUDA_SIM=1, backend='cuda'):"]
+    lines += [f"  {k}  ({v} instantiations)" for k, v in sorted(counts.items())  # (not the test kernels)
+              if not k.startswith(("eurokernels::sim::tests::", "eurokernels::testing::"))]
     return "\n".join(lines)
 
 

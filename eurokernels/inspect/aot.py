@@ -315,9 +315,10 @@ def triton_rows(targets, pattern="*", modules=None, workers=2):
 # ------------------------------------------------------------------------------------ CUDA C++ extension
 
 def find_cuda_extension():
-    """Path of the built CUDA extension eurokernels/_cuda*.so next to this package, or None."""
+    """Path of the built CUDA extension eurokernels/_cuda*.so next to this package, or None (not _cuda_sim, the
+    host build of the same kernels: it holds no cubins)."""
     pkg = Path(__file__).resolve().parent.parent
-    found = sorted(glob.glob(str(pkg / "_cuda*.so")))
+    found = sorted(glob.glob(str(pkg / "_cuda.so")) + glob.glob(str(pkg / "_cuda.*.so")))
     return found[0] if found else None
 
 
