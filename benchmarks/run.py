@@ -12,7 +12,8 @@ import torch
 
 from .harness import format_table, machine, run_case, write_json, write_plots
 
-OPS = ["rms_norm", "rotary", "cross_entropy", "attention"]  # each has benchmarks/bench_<op>.py with cases(device, quick)
+# Each has benchmarks/bench_<op>.py with cases(device, quick).
+OPS = ["rms_norm", "rotary", "cross_entropy", "attention", "swiglu"]
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ SPEC_MODULES = [
     "eurokernels.triton.attention",
     "eurokernels.triton.cross_entropy",
     "eurokernels.triton.softmax",
+    "eurokernels.triton.swiglu",
 ]
 
 # The GPUs European training runs on: NVIDIA A100 / H100 and AMD MI250X (LUMI) / MI300X.
