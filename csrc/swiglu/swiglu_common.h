@@ -27,7 +27,8 @@ constexpr float kTanhClamp = 100.f;
 constexpr float kSqrtHalf = 0.7071067811865476f;     // 1 / sqrt(2)
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;   // 1 / sqrt(2 pi)
 
-// act(g) and, when GRAD, act'(g) = s + act * (1 - s) * z' (sigmoid form) or Phi(g) + g phi(g) (exact GELU).
+// act(g) and, when GRAD, act'(g) = s + act * (1 - s) * z' (sigmoid form) or Phi(g) + g phi(g) (exact GELU). For
+// z > 0, 1 - s is e s with e = exp(-z) (1 - s would cancel as s -> 1; for z <= 0, e s could be inf * 0).
 // Phi(g) as 0.5 erfc(-g / sqrt(2)) stays accurate for negative g, where 0.5 (1 + erf) cancels.
 template <int ACT, bool GRAD>
 EK_HD float activation(float g, float* grad) {
@@ -42,9 +43,9 @@ EK_HD float activation(float g, float* grad) {
       z = gc * (kTanhZ1 + kTanhZ3 * gc * gc);
       dz = kTanhZ1 + kTanhDZ3 * gc * gc;
     }
-    const float s = 1.f / (1.f + expf(-z));
+    const float e = expf(-z), s = 1.f / (1.f + e);
     const float a = g * s;
-    if constexpr (GRAD) *grad = s + a * (1.f - s) * dz;
+    if constexpr (GRAD) *grad = s + a * (z > 0.f ? e * s : 1.f - s) * dz;  // 1 - s, without cancellation
     return a;
   }
 }

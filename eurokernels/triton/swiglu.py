@@ -8,14 +8,17 @@ import torch
 import triton
 import triton.language as tl
 
-from . import all_block_configs, row_alignment, row_config
+from . import row_alignment
 from ._common import cast_to
 
 ACTIVATION = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # = eurokernels/ops/swiglu.py ACTIVATIONS
 
-# Elementwise work needs no whole row per program: 4096-element blocks keep 8 to 16 elements (128-bit accesses,
-# one or two per array) per thread on every target, and leave less of the last block masked off than 8192 would.
-MAX_BLOCK = 4096
+# (BLOCK_N, num_warps): the smallest block that covers a row, else the largest (the grid's second axis then walks the
+# row's blocks). A thread holds 8 or 16 elements (128-bit accesses) on every target except the smallest block on
+# AMD's 64-wide waves (4: rows under 256 are not an MLP's); elementwise work needs no whole row per program, and
+# 4096 leaves less of a row's last block masked off than the row kernels' 8192 would. Three configurations keep the
+# AOT check (every kernel x activation x alignment x configuration, four targets) short.
+BLOCKS = ((256, 1), (1024, 2), (4096, 8))
 
 
 @triton.jit
@@ -24,7 +27,7 @@ def _activation(g, ACTIVATION: tl.constexpr):
 
     SiLU and GELU-tanh are both g * sigmoid(z): 0.5 * (1 + tanh(z / 2)) = sigmoid(z), with z = g for SiLU and
     z = 2 * sqrt(2 / pi) * (g + 0.044715 g^3) for GELU-tanh. One exp, no tanh, and no cancellation in 1 + tanh
-    for negative g. act' = s + g * s * (1 - s) * z' with s = sigmoid(z).
+    for negative g. act' = s + g * s * (1 - s) * z' with s = sigmoid(z); for z > 0, 1 - s = exp(-z) s.
     """
     if ACTIVATION == 2:  # exact GELU: g * Phi(g), act' = Phi(g) + g * phi(g)
         cdf = 0.5 + 0.5 * tl.math.erf(g * 0.7071067811865476)
@@ -40,9 +43,10 @@ def _activation(g, ACTIVATION: tl.constexpr):
         else:
             z = g
             dz = 1.0
-        s = 1.0 / (1.0 + tl.exp(-z))
+        e = tl.exp(-z)
+        s = 1.0 / (1.0 + e)
         a = g * s
-        da = s + a * (1.0 - s) * dz
+        da = s + a * tl.where(z > 0, e * s, 1.0 - s) * dz  # 1 - s without cancellation as s -> 1
     return a, da
 
 
@@ -100,7 +104,7 @@ def swiglu_bwd_kernel(
 
 
 def _config(n):
-    return row_config(min(n, MAX_BLOCK))
+    return next((b for b in BLOCKS if b[0] >= n), BLOCKS[-1])
 
 
 def _grid(m, n, block_n):
@@ -113,10 +117,10 @@ def forward(gate, up, activation):
     y = torch.empty((M, N), dtype=gate.dtype, device=gate.device)
     if M == 0 or N == 0:
         return y
-    cfg = _config(N)
-    swiglu_fwd_kernel[_grid(M, N, cfg.block_n)](
-        gate, gate.stride(0), up, up.stride(0), y, N, BLOCK_N=cfg.block_n, ACTIVATION=activation,
-        ALIGN=row_alignment(gate.element_size(), N, gate.stride(0), up.stride(0)), num_warps=cfg.num_warps)
+    block, warps = _config(N)
+    swiglu_fwd_kernel[_grid(M, N, block)](
+        gate, gate.stride(0), up, up.stride(0), y, N, BLOCK_N=block, ACTIVATION=activation,
+        ALIGN=row_alignment(gate.element_size(), N, gate.stride(0), up.stride(0)), num_warps=warps)
     return y
 
 
@@ -132,12 +136,12 @@ def backward(dy, gate, up, activation, fused):
         d_out = (dg, du)
     if M == 0 or N == 0:
         return d_out
-    cfg = _config(N)
+    block, warps = _config(N)
     strides = (dy.stride(0), gate.stride(0), up.stride(0), dg.stride(0), du.stride(0))
-    swiglu_bwd_kernel[_grid(M, N, cfg.block_n)](
+    swiglu_bwd_kernel[_grid(M, N, block)](
         dy, dy.stride(0), gate, gate.stride(0), up, up.stride(0), dg, dg.stride(0), du, du.stride(0), N,
-        BLOCK_N=cfg.block_n, ACTIVATION=activation, ALIGN=row_alignment(gate.element_size(), N, *strides),
-        num_warps=cfg.num_warps)
+        BLOCK_N=block, ACTIVATION=activation, ALIGN=row_alignment(gate.element_size(), N, *strides),
+        num_warps=warps)
     return d_out
 
 
@@ -154,14 +158,12 @@ def aot_specs():
     """Every kernel x block configuration x activation the launchers can pick, for the AOT checks
     (eurokernels/inspect), at bf16 in each case of _ALIGNMENT_CASES. Both kernels are memory-bound."""
     specs = []
-    for cfg in all_block_configs():
-        if cfg.block_n > MAX_BLOCK:
-            continue
+    for block, warps in BLOCKS:
         for act_name, act in ACTIVATION.items():
             for variant, ints_div16, align in _ALIGNMENT_CASES:
-                common = dict(num_warps=cfg.num_warps, variant=f"{act_name}-{variant}", memory_bound=True,
-                              rows_aligned=align > 1, block=cfg.block_n)
-                consts = dict(BLOCK_N=cfg.block_n, ACTIVATION=act, ALIGN=align)
+                common = dict(num_warps=warps, variant=f"{act_name}-{variant}", memory_bound=True,
+                              rows_aligned=align > 1, block=block)
+                consts = dict(BLOCK_N=block, ACTIVATION=act, ALIGN=align)
                 ints = ["stride_g_row", "stride_u_row", "N"] if ints_div16 else []
                 specs.append(dict(
                     common, name="swiglu_fwd", kernel=swiglu_fwd_kernel,
