@@ -30,6 +30,8 @@ def _activation(g, ACTIVATION: tl.constexpr):
     for negative g. act' = s + g * s * (1 - s) * z' with s = sigmoid(z); for z > 0, 1 - s = exp(-z) s.
     """
     if ACTIVATION == 2:  # exact GELU: g * Phi(g), act' = Phi(g) + g * phi(g)
+        # Phi = (1 + erf) / 2, PyTorch's own GPU formula; it cancels for very negative g, where the C++ kernels'
+        # erfc does not, but libdevice's erfc does not run under the interpreter (triton 3.8).
         cdf = 0.5 + 0.5 * tl.math.erf(g * 0.7071067811865476)
         a = g * cdf
         da = cdf + g * tl.exp(-0.5 * g * g) * 0.3989422804014327
