@@ -70,6 +70,10 @@ def _cases():
                                       [randn(TOKENS, VOCAB, scale=3.0)], [0]),
         "linear_cross_entropy": (lambda be, h, w: ek.linear_cross_entropy(h, w, labels, backend=be),
                                  [randn(TOKENS, HIDDEN), randn(VOCAB, HIDDEN, scale=0.1)], [0, 1]),
+        "swiglu": (lambda be, g, u: ek.swiglu(g, u, backend=be),
+                   [randn(TOKENS, 2 * HIDDEN, scale=2.0), randn(TOKENS, 2 * HIDDEN)], [0, 1]),
+        "geglu (tanh)": (lambda be, g, u: ek.geglu(g, u, backend=be),
+                         [randn(TOKENS, 2 * HIDDEN, scale=2.0), randn(TOKENS, 2 * HIDDEN)], [0, 1]),
     }
 
 

@@ -11,6 +11,7 @@
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 #include "softmax/softmax.h"
+#include "swiglu/swiglu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
@@ -26,6 +27,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("accumulate", &eurokernels::cross_entropy::accumulate_cpu, "acc += part, or out = round(acc + part) (CPU)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cpu, "Softmax / log-softmax forward (CPU)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cpu, "Softmax / log-softmax backward (CPU)");
+  m.def("swiglu_fwd", &eurokernels::swiglu::forward_cpu, "SwiGLU / GeGLU forward (CPU)");
+  m.def("swiglu_bwd", &eurokernels::swiglu::backward_cpu, "SwiGLU / GeGLU backward (CPU)");
   // The AVX-512 exp path of the softmax-family kernels (cpu_avx512.h): on by default where ATen and the CPU have
   // AVX-512; tests switch it off to check the AVX2 path on the same machine.
   // The vector exp of the at::vec (AVX2) path, every element through the vector code: for its accuracy test.

@@ -6,6 +6,7 @@
 #include "rms_norm/rms_norm.h"
 #include "rotary/rotary.h"
 #include "softmax/softmax.h"
+#include "swiglu/swiglu.h"
 
 #if defined(EUROKERNELS_CUDA_SIM)
 namespace eurokernels::sim {
@@ -21,6 +22,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cuda, "Softmax / log-softmax forward (CUDA)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cuda, "Softmax / log-softmax backward (CUDA)");
+  m.def("swiglu_fwd", &eurokernels::swiglu::forward_cuda, "SwiGLU / GeGLU forward (CUDA)");
+  m.def("swiglu_bwd", &eurokernels::swiglu::backward_cuda, "SwiGLU / GeGLU backward (CUDA)");
 #if defined(EUROKERNELS_CUDA_SIM)
   eurokernels::sim::bind(m);
 #endif

@@ -15,6 +15,7 @@ from .ops.cross_entropy import cross_entropy
 from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.softmax import log_softmax, softmax
 from .ops.vocab_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
+from .ops.swiglu import geglu, swiglu
 from . import cuda_sim, nn, reference
 
 __all__ = ["BACKENDS", "default_backend", "use_backend", "manifest", "nn", "reference", "cuda_sim"] + [

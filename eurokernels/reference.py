@@ -3,6 +3,8 @@
 These are the oracles every backend is tested against (and the ``reference`` backend). They favour clarity over
 speed: no fusion, no in-place tricks. Each op's exact rounding conventions are spelled out here first.
 """
+import math
+
 import torch
 
 
@@ -60,6 +62,52 @@ def rms_norm_backward(dy, h, weight, rstd, dresidual_out=None, offset=0.0):
         dh = dh + up(dresidual_out)
     dw = None if weight is None else (dyf * nhat).reshape(-1, h.shape[-1]).sum(0).to(weight.dtype)
     return dh.to(h.dtype), dw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gated MLP activations: SwiGLU and GeGLU
+# ---------------------------------------------------------------------------------------------------------------
+
+_math = up  # the upcast helper, under a name the argument ``up`` (the up projection) does not shadow below
+
+
+def _swiglu_halves(gate, up):
+    """(gate, up); ``up=None`` splits a fused ``[..., 2 * intermediate]`` projection: gate first, then up."""
+    return gate.chunk(2, dim=-1) if up is None else (gate, up)
+
+
+def swiglu(gate, up=None, activation="silu"):
+    """act(gate) * up in fp32 math, rounded once to gate's dtype; ``up=None``: gate is the fused projection.
+    act is SiLU (SwiGLU) or GELU with the tanh approximation or exact (GeGLU), as torch.nn.functional computes it."""
+    g, u = _swiglu_halves(gate, up)
+    g, u = _math(g), _math(u)
+    if activation == "silu":
+        a = torch.nn.functional.silu(g)
+    else:
+        a = torch.nn.functional.gelu(g, approximate="tanh" if activation == "gelu_tanh" else "none")
+    return (a * u).to(gate.dtype)
+
+
+def swiglu_backward(dy, gate, up=None, activation="silu"):
+    """Gradients of swiglu w.r.t. gate and up from the textbook derivatives, fp32 math, each rounded once:
+    d_gate = dy * up * act'(gate), d_up = dy * act(gate). Nothing is saved by the forward: act is recomputed.
+    With ``up=None`` returns ``(d_fused, None)``, one ``[..., 2 * intermediate]`` gradient."""
+    g, u = _swiglu_halves(gate, up)
+    g, u, dyf = _math(g), _math(u), _math(dy)
+    if activation == "silu":
+        s = torch.sigmoid(g)
+        a, da = g * s, s * (1 + g * (1 - s))
+    elif activation == "gelu_tanh":
+        k, c = math.sqrt(2 / math.pi), 0.044715
+        t = torch.tanh(k * (g + c * g ** 3))
+        a = 0.5 * g * (1 + t)
+        # The sech^2 = 1 - t^2 term vanishes where tanh saturated; dropping it there also avoids 0 * inf for huge g.
+        da = 0.5 * (1 + t) + torch.where(t.abs() < 1, 0.5 * g * (1 - t * t) * k * (1 + 3 * c * g * g), 0.0)
+    else:
+        cdf = 0.5 * (1 + torch.erf(g / math.sqrt(2)))
+        a, da = g * cdf, cdf + g * torch.exp(-0.5 * g * g) / math.sqrt(2 * math.pi)
+    dgate, dup = (dyf * u * da).to(gate.dtype), (dyf * a).to(gate.dtype)
+    return (torch.cat([dgate, dup], -1), None) if up is None else (dgate, dup)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -177,16 +177,20 @@ def test_cuda_cubins_cover_every_cu_source(inspection):
     assert not missing, f"no kernels from csrc/{{{','.join(sorted(missing))}}}/*.cu in the cubins"
 
 
-def test_cuda_softmax_kernels_every_dispatch_target(inspection):
-    """Every (direction, dtype, log) the softmax launcher can dispatch to is compiled and so spill-checked, with
-    128-bit accesses for the widest vector (8 bf16 / fp16 or 4 fp32 elements)."""
-    rows = [r for r in _cuda_rows(inspection) if r["kernel"].startswith("softmax::")]
+# The storage types the CUDA launchers dispatch to, with their widest vector (128 bits).
+_WIDEST = (("float", 4), ("__nv_bfloat16", 8), ("__half", 8))
+
+
+def _assert_every_dispatch_target(inspection, op, flags):
+    """Every (direction, dtype, flag) the op's launcher can dispatch to -- `<op>::<op>_{fwd,bwd}_kernel<T, VEC,
+    flag>` -- is compiled (and so spill-checked) for every arch, with 128-bit accesses at the widest vector."""
+    rows = [r for r in _cuda_rows(inspection) if r["kernel"].startswith(f"{op}::")]
     for arch in aot.CUDA_ARCHS:
         configs = {(r["kernel"], r["config"]): r for r in rows if r["target"] == arch}
         for direction in ("fwd", "bwd"):
-            for dtype, widest in (("float", 4), ("__nv_bfloat16", 8), ("__half", 8)):
-                for log in ("false", "true"):
-                    key = (f"softmax::softmax_{direction}_kernel", f"<{dtype}, {widest}, {log}>")
+            for dtype, widest in _WIDEST:
+                for flag in flags:
+                    key = (f"{op}::{op}_{direction}_kernel", f"<{dtype}, {widest}, {flag}>")
                     assert key in configs, f"{key} not in the {arch} cubins: {sorted(configs)}"
                     r = configs[key]
                     assert r["load_bits"] == 128 and r["store_bits"] == 128, (key, arch, r["loads"], r["stores"])
@@ -196,7 +200,8 @@ def test_cuda_softmax_kernels_every_dispatch_target(inspection):
 MAX_THREADS = {"rms_norm::rms_norm_fwd_kernel": 1024, "rms_norm::rms_norm_bwd_kernel": 1024,
                "rms_norm::sum_partials_kernel": 256, "rotary::rotary_kernel": 256,
                "softmax::softmax_fwd_kernel": 512, "softmax::softmax_bwd_kernel": 512,
-               "cross_entropy::cross_entropy_kernel": 512, "testing::mma_fragments_kernel": 32,
+               "cross_entropy::cross_entropy_kernel": 512, "swiglu::swiglu_fwd_kernel": 256,
+               "swiglu::swiglu_bwd_kernel": 256, "testing::mma_fragments_kernel": 32,
                "testing::mma_ldmatrix_kernel": 32, "testing::ldmatrix_kernel": 32, "testing::cp_async_kernel": 32}
 
 
@@ -210,3 +215,11 @@ def test_cuda_kernels_fit_their_largest_block_in_the_register_file(inspection):
     bad = [f"{r['kernel']}{r['config']} on {r['target']}: {r['registers']} registers x {MAX_THREADS[r['kernel']]}"
            for r in rows if r["registers"] * MAX_THREADS[r["kernel"]] > 65536]
     assert not bad, "\n".join(bad)
+
+
+def test_cuda_softmax_kernels_every_dispatch_target(inspection):
+    _assert_every_dispatch_target(inspection, "softmax", ("false", "true"))  # flag: log-softmax
+
+
+def test_cuda_swiglu_kernels_every_dispatch_target(inspection):
+    _assert_every_dispatch_target(inspection, "swiglu", ("0", "1", "2"))  # flag: the activation (swiglu_common.h)

@@ -10,6 +10,7 @@ round the same math in different orders (fused kernels, blockwise softmax, chunk
 the factor 4 allows for our kernels summing in other orders than PyTorch's (measured here: within 1-2x).
 """
 import copy
+import types
 import weakref
 
 import pytest
@@ -117,6 +118,7 @@ def test_loss_logits_and_gradients_match_hf(family, patched):
 
     patched(ours)
     assert type(ours.model.norm).__module__ == "eurokernels.nn"
+    assert all("forward" in vars(layer.mlp) for layer in ours.model.layers)  # the fused SwiGLU / GeGLU MLP
     assert ours.model.norm.weight is [p for n, p in ours.named_parameters() if n == "model.norm.weight"][0]
     with torch.no_grad():
         logits = ours(input_ids=ids).logits  # no labels: the original forward, on our norm/rotary/attention
@@ -144,6 +146,21 @@ def test_negative_control_a_wrong_patch_is_caught(patched):
         assert_same_as_hf(ours(input_ids=ids, labels=ids).loss.detach(), loss_hf, loss_truth, "loss")
 
 
+def test_negative_control_a_wrong_mlp_activation_is_caught(patched):
+    # Gemma-2's GELU is the tanh approximation: the exact GELU differs by at most ~5e-4 per activation, which the
+    # equivalence bound must see.
+    hf32 = make_model("gemma2")
+    truth = copy.deepcopy(hf32).double()
+    ours = patched(copy.deepcopy(hf32), mlp=True, rms_norm=False, rotary=False, attention=False, loss=False)
+    for layer in ours.model.layers:
+        layer.mlp.forward = types.MethodType(ek_hf._mlp_forward(ek_hf._MLP_ACTIVATIONS["GELUActivation"]), layer.mlp)
+    ids = token_batch(2, SEQ, seed=1)
+    with torch.no_grad():
+        logits_truth, logits_hf, logits = (m(input_ids=ids).logits for m in (truth, hf32, ours))
+    with pytest.raises(AssertionError, match="logits"):
+        assert_same_as_hf(logits, logits_hf, logits_truth, "logits")
+
+
 def test_each_part_alone_matches(patched):
     # Parts switch independently (and each alone is equivalent): catches one part leaning on another. Gemma-2:
     # the family where every part has something of its own (offset norms, attention and final soft caps).
@@ -152,12 +169,13 @@ def test_each_part_alone_matches(patched):
     ids = token_batch(2, SEQ, seed=2)
     loss_truth, grads_truth = loss_and_grads(truth, input_ids=ids, labels=ids)
     loss_hf, grads_hf = loss_and_grads(hf32, input_ids=ids, labels=ids)
-    parts = ("rms_norm", "rotary", "attention", "loss")
+    parts = ("rms_norm", "rotary", "attention", "mlp", "loss")
     for part in parts:
         ours = patched(copy.deepcopy(hf32), **{p: p == part for p in parts})
         loss, grads = loss_and_grads(ours, input_ids=ids, labels=ids)
         assert_same_as_hf(loss, loss_hf, loss_truth, f"loss ({part} only)")
-        for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+        for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                     "model.layers.0.mlp.gate_proj.weight"):
             assert_same_as_hf(grads[name], grads_hf[name], grads_truth[name], f"grad {name} ({part} only)")
         ek_hf.revert(ours)
 
@@ -439,12 +457,14 @@ def test_revert_restores_hf():
         before = model(input_ids=ids, labels=ids)
     ek_hf.apply(model)
     assert module.apply_rotary_pos_emb is not original_rotary
+    assert all("forward" in vars(layer.mlp) for layer in model.model.layers)
     assert model.config._attn_implementation == "eurokernels"
     with pytest.raises(ValueError, match="already patched"):
         ek_hf.apply(model)
     ek_hf.revert(model)
     assert module.apply_rotary_pos_emb is original_rotary
     assert model.model.layers[0].self_attn.q_norm is original_norm
+    assert all("forward" not in vars(layer.mlp) for layer in model.model.layers)
     assert model.config._attn_implementation == "eager" and "forward" not in vars(model)
     assert all(p is weights[n] for n, p in model.named_parameters())
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Hugging Face ``transformers`` causal LMs on eurokernels: ``apply(model)`` and ``revert(model)``.
 
     model = transformers.AutoModelForCausalLM.from_config(config)      # or from_pretrained(...)
-    eurokernels.integrations.transformers.apply(model)                  # RMSNorm, rotary, attention, loss
+    eurokernels.integrations.transformers.apply(model)                  # RMSNorm, rotary, attention, MLP, loss
     loss = model(input_ids, labels=input_ids).loss                       # logits never materialized
 
 Supported model types: llama, mistral, qwen2, gemma2, gemma3_text (Gemma3ForCausalLM). What ``apply`` changes,
@@ -34,6 +34,12 @@ attention  ``"eurokernels"`` is registered in transformers' ``AttentionInterface
            padding mask unpads the valid tokens of each row into one document each (left or right padding, so
            that window distances are kept; padded query rows give zeros where HF gives arbitrary values).
            Attention dropout > 0 in training and attention sinks raise NotImplementedError.
+mlp        Every MLP (``LlamaMLP``, ``MistralMLP``, ``Qwen2MLP``, ``Gemma2MLP``, ``Gemma3MLP``) computes
+           ``down_proj(act(gate_proj(x)) * up_proj(x))`` with the activation and the product fused:
+           ``eurokernels.swiglu`` for SiLU (Llama, Mistral, Qwen-2), ``eurokernels.geglu`` for GELU (Gemma-2/3's
+           ``gelu_pytorch_tanh``: ``approximate="tanh"``). Its ``forward`` is replaced on the instance; the
+           projections are untouched. An MLP with another activation, or inputs in a dtype the ops do not take
+           (float64), keeps HF's forward.
 loss       The model's ``forward`` is replaced on the instance: with ``labels`` it runs ``model.model``, shifts the
            labels as HF's ForCausalLMLoss does (``ignore_index``, ``shift_labels``, ``num_items_in_batch``: sum
            divided by it) and computes ``eurokernels.linear_cross_entropy(hidden, lm_head.weight, labels)`` with
@@ -43,8 +49,8 @@ loss       The model's ``forward`` is replaced on the instance: with ``labels`` 
            model's dtype.
 
 ``revert(model)`` undoes everything ``apply`` did to that model (original RMSNorm modules back with the same
-Parameters, previous attention implementation, class forward, and the rotary global once no patched model of the
-family is left).
+Parameters, previous attention implementation, class forwards of the model and its MLPs, and the rotary global once
+no patched model of the family is left).
 """
 import sys
 import types
@@ -52,10 +58,11 @@ import weakref
 
 import torch
 
-from .. import nn as _nn
+from .. import _checks, nn as _nn
 from ..ops.attention import attention as _attention
 from ..ops.linear_cross_entropy import linear_cross_entropy as _linear_cross_entropy
 from ..ops.rotary import apply_rotary as _apply_rotary
+from ..ops.swiglu import geglu as _geglu, swiglu as _swiglu
 
 try:
     from transformers import AttentionInterface as _AttentionInterface
@@ -79,6 +86,16 @@ _NORMS = {
     "Gemma2RMSNorm": (1.0, "gemma"),
     "Gemma3RMSNorm": (1.0, "gemma"),
 }
+# The MLP classes whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)), and the fused op for each HF
+# activation class their act_fn may be (transformers.activations: ACT2CLS).
+_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Gemma2MLP", "Gemma3MLP")
+_MLP_ACTIVATIONS = {
+    "SiLUActivation": _swiglu,                                         # "silu"
+    "SiLU": _swiglu,                                                   # "swish" (torch.nn.SiLU)
+    "GELUTanh": lambda g, u: _geglu(g, u, approximate="tanh"),         # "gelu_pytorch_tanh" (Gemma)
+    "NewGELUActivation": lambda g, u: _geglu(g, u, approximate="tanh"),  # "gelu_new": the same formula
+    "GELUActivation": lambda g, u: _geglu(g, u, approximate="none"),   # "gelu" (exact, erf)
+}
 _LOSS_ONLY_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
 _STATE = "_eurokernels_patch"
 # Set by the patched top-level forward when it has found that the batch holds no packed documents, so that the
@@ -89,13 +106,14 @@ _UNPACKED = "eurokernels_unpacked"
 _rotary_patches = {}
 
 
-def apply(model, *, rms_norm=True, rotary=True, attention=True, loss=True):
+def apply(model, *, rms_norm=True, rotary=True, attention=True, mlp=True, loss=True):
     """Make a Hugging Face causal LM (``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
     ``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``) run on eurokernels; returns the model, patched in place.
 
     Args:
         model: the ``*ForCausalLM`` instance (any device and dtype the ops support).
-        rms_norm, rotary, attention, loss: which parts to patch (see the module docstring for what each does).
+        rms_norm, rotary, attention, mlp, loss: which parts to patch (see the module docstring for what each
+            does).
 
     Raises ValueError for an unsupported model type or a model that is already patched. ``revert(model)`` undoes
     the patch.
@@ -112,9 +130,11 @@ def apply(model, *, rms_norm=True, rotary=True, attention=True, loss=True):
         raise ValueError(f"model: loss=True needs a decoder at model.model and a Linear LM head "
                          f"({type(model).__name__} has neither)")
     state = types.SimpleNamespace(norms=[], rotary_modules=[], attn_implementation=None, forward=False,
-                                  attention=False, loss=False)
+                                  attention=False, loss=False, mlps=[])
     if rms_norm:
         state.norms = _swap_norms(model)
+    if mlp:
+        state.mlps = _patch_mlps(model)
     if rotary:
         state.rotary_modules = _patch_rotary(model)
     if attention:
@@ -142,6 +162,8 @@ def revert(model):
             if not users:
                 sys.modules[module_name].apply_rotary_pos_emb = original
                 del _rotary_patches[module_name]
+    for module in state.mlps:
+        del module.forward
     if state.attn_implementation is not None:
         model.set_attn_implementation(state.attn_implementation)
     if state.forward:
@@ -171,6 +193,27 @@ def _swap_norms(model):
             setattr(parent, name, new)
             swapped.append((parent, name, child))
     return swapped
+
+
+# --- MLP ----------------------------------------------------------------------------------------------------------
+
+def _patch_mlps(model):
+    patched = []
+    for module in model.modules():
+        fused = _MLP_ACTIVATIONS.get(type(getattr(module, "act_fn", None)).__name__)
+        if type(module).__name__ in _MLPS and fused is not None:
+            module.forward = types.MethodType(_mlp_forward(fused), module)  # on the instance: revert deletes it
+            patched.append(module)
+    return patched
+
+
+def _mlp_forward(fused):
+    def forward(self, x):
+        """HF's ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` with act_fn and the product in one op."""
+        if x.dtype not in _checks.FLOAT_DTYPES:  # e.g. a float64 model (the kernels are fp32 / bf16 / fp16)
+            return type(self).forward(self, x)
+        return self.down_proj(fused(self.gate_proj(x), self.up_proj(x)))
+    return forward
 
 
 # --- rotary -------------------------------------------------------------------------------------------------------
