@@ -9,7 +9,8 @@ Extensions (csrc/sources.txt lists their sources)
 
 Environment switches
   EUROKERNELS_SKIP_CUDA=1          do not build the CUDA extension even if nvcc is found
-  EUROKERNELS_CUDA_ARCHS="80;90"   SM architectures to build (default "80;90"; PTX is embedded for the last one)
+  EUROKERNELS_CUDA_ARCHS="80;90"   SM architectures to build (default: csrc/sources.txt's archs line; PTX is
+                                   embedded for the last one)
   EUROKERNELS_CPU_FLAGS="..."      replace the CPU ISA flags (default: AVX2+FMA+F16C on x86-64)
   CUDA_HOME                        the CUDA toolkit; else the toolkit that the nvcc on PATH belongs to
 """
@@ -28,11 +29,11 @@ CSRC = ROOT / "csrc"
 
 def read_sources():
     """csrc/sources.txt -> {"cpu": [...], "cuda": [...], "sim": [...]} (paths relative to the repository root)."""
-    groups = {"cpu": [], "cuda": [], "sim": []}
+    groups = {"cpu": [], "cuda": [], "sim": [], "archs": []}
     for line in (CSRC / "sources.txt").read_text().splitlines():
         line = line.split("#", 1)[0].split()
         if line:
-            groups[line[0]].append(f"csrc/{line[1]}")
+            groups[line[0]].append(line[1] if line[0] == "archs" else f"csrc/{line[1]}")
     return groups
 
 
@@ -84,7 +85,8 @@ def cpu_isa_flags():
 
 
 def cuda_arch_flags():
-    archs = [a.strip() for a in os.environ.get("EUROKERNELS_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+    default = read_sources()["archs"][0]  # csrc/sources.txt's `archs` line: the one default
+    archs = [a.strip() for a in os.environ.get("EUROKERNELS_CUDA_ARCHS", default).replace(",", ";").split(";")
              if a.strip()]
     flags = []
     for a in archs:

@@ -17,11 +17,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
   m.def("rms_norm_fwd", &rn::forward_cpu, "RMSNorm forward (CPU)");
   m.def("rms_norm_bwd", &rn::backward_cpu, "RMSNorm backward (CPU)");
-  m.def("rotary", &eurokernels::rotary::rotary_cpu, "Rotary embeddings, out of place or in place (CPU)");
+  m.def("rotary_fwd", &eurokernels::rotary::forward_cpu, "Rotary embeddings, out of place or in place (CPU)");
   namespace at_ = eurokernels::attention;
   m.def("attention_fwd", &at_::forward_cpu, "Attention forward (CPU)");
   m.def("attention_bwd", &at_::backward_cpu, "Attention backward (CPU)");
-  m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cpu, "Cross-entropy forward / backward (CPU)");
+  m.def("cross_entropy_fwd_bwd", &eurokernels::cross_entropy::forward_backward_cpu,
+        "Cross-entropy forward / backward (CPU)");
   m.def("prepare_fresh", [](const at::Tensor& t) { eurokernels::cpu::prepare_fresh(t.data_ptr(), t.nbytes()); },
         "Huge pages + prefault for a fresh CPU buffer (cpu_alloc.h); advisory, never changes data");
   m.def("accumulate", &eurokernels::cross_entropy::accumulate_cpu, "acc += part, or out = round(acc + part) (CPU)");

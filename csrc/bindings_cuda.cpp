@@ -18,8 +18,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace rn = eurokernels::rms_norm;
   m.def("rms_norm_fwd", &rn::forward_cuda, "RMSNorm forward (CUDA)");
   m.def("rms_norm_bwd", &rn::backward_cuda, "RMSNorm backward (CUDA)");
-  m.def("rotary", &eurokernels::rotary::rotary_cuda, "Rotary embeddings, out of place or in place (CUDA)");
-  m.def("cross_entropy", &eurokernels::cross_entropy::cross_entropy_cuda, "Cross-entropy forward / backward (CUDA)");
+  m.def("rotary_fwd", &eurokernels::rotary::forward_cuda, "Rotary embeddings, out of place or in place (CUDA)");
+  m.def("cross_entropy_fwd_bwd", &eurokernels::cross_entropy::forward_backward_cuda,
+        "Cross-entropy forward / backward (CUDA)");
   m.def("softmax_fwd", &eurokernels::softmax::forward_cuda, "Softmax / log-softmax forward (CUDA)");
   m.def("softmax_bwd", &eurokernels::softmax::backward_cuda, "Softmax / log-softmax backward (CUDA)");
   m.def("swiglu_fwd", &eurokernels::swiglu::forward_cuda, "SwiGLU / GeGLU forward (CUDA)");

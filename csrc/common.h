@@ -13,6 +13,15 @@
 #define CHECK_DTYPE(x, t) TORCH_CHECK((x).scalar_type() == (t), #x " must be ", (t), ", got ", (x).scalar_type())
 #define CHECK_SAME_SHAPE(x, y) TORCH_CHECK((x).sizes() == (y).sizes(), #x " and " #y " must have the same shape")
 
+namespace eurokernels {
+// t is [rows, n] with a unit stride along n (the row views every row kernel takes).
+inline void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == n, name, " must be [", rows, ", ", n, "], got ",
+              t.sizes());
+  TORCH_CHECK(n <= 1 || t.stride(1) == 1, name, " must be contiguous along its last dimension");
+}
+}  // namespace eurokernels
+
 // The storage dtypes our kernels accept (fp64 goes through the reference backend).
 #define EK_DISPATCH_FLOAT_TYPES(TYPE, NAME, ...)                 \
   AT_DISPATCH_SWITCH(TYPE, NAME,                                 \

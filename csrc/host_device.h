@@ -1,5 +1,5 @@
 // EK_HD: a function for both the host and the device, so that math shared by the CPU and CUDA kernels is
-// compiled into both (and the CPU tests exercise it). Guarded: headers that still define it themselves agree.
+// compiled into both (and the CPU tests exercise it). The one definition: every *_common.h includes this.
 #pragma once
 
 #ifndef EK_HD

@@ -1,6 +1,6 @@
 // Online softmax on CUDA: the running (max, sum of exps) of a row that one block sweeps VEC elements per thread at
 // a time, and its merge across the block. Shared by the cross-entropy and softmax kernels (the CPU kernels share
-// cross_entropy/online_softmax_cpu.h instead).
+// online_softmax_cpu.h instead).
 //
 // State (m, s): m = the largest value seen, s = sum of exp(v - m) over the values seen; lse = m + log(s). Both in
 // natural units: exponents are formed as exp2((v - m) * log2(e)), i.e. the difference is taken before the scaling,

@@ -60,7 +60,8 @@ def _same(where):
     return {"cpu": cpu, "triton": triton, "cuda": cuda}
 
 
-_CROSS_ENTROPY = {"forward_backward": _same(("cross_entropy", "cross_entropy.cross_entropy", "cross_entropy"))}
+_CROSS_ENTROPY = {"forward_backward": _same(("cross_entropy_fwd_bwd", "cross_entropy.cross_entropy",
+                                              "cross_entropy_fwd_bwd"))}
 
 OPS = (
     Op("rms_norm", ("rms_norm", "nn.RMSNorm"), "RMSNorm (+ fused residual add)",
@@ -69,7 +70,7 @@ OPS = (
        benchmark="rms_norm"),
     Op("rotary", ("apply_rotary", "rotary_cos_sin", "nn.RotaryEmbedding"),
        "rotary embeddings (NeoX / GPT-J, partial, GQA, packed, in place)",
-       {"rotate": _same(("rotary", "rotary.rotary", "rotary"))},
+       {"rotate": _same(("rotary_fwd", "rotary.rotary", "rotary_fwd"))},
        benchmark="rotary"),
     Op("softmax", ("softmax", "log_softmax"), "softmax / log-softmax over any row length",
        {"forward": _same(("softmax_fwd", "softmax.forward", "softmax_fwd")),

@@ -12,13 +12,13 @@
 
 namespace eurokernels::cross_entropy {
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
+std::tuple<at::Tensor, at::Tensor> forward_backward_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& lse_in,
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
     double softcap, int64_t vocab_start, int64_t vocab_total);
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
+std::tuple<at::Tensor, at::Tensor> forward_backward_cuda(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& lse_in,
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,

@@ -1,5 +1,5 @@
-// Argument checks of the cross-entropy entry points (the contract in cross_entropy.h), shared by cross_entropy_cpu
-// and cross_entropy_cuda. They guard the internal contract (eurokernels/ops validates and names the user's
+// Argument checks of the cross-entropy entry points (the contract in cross_entropy.h), shared by forward_backward_cpu
+// and forward_backward_cuda. They guard the internal contract (eurokernels/ops validates and names the user's
 // arguments). Host code on ATen only, no CPU-kernel headers: cross_entropy_cuda.cpp includes it too.
 #pragma once
 #include <ATen/ATen.h>

@@ -8,11 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define EK_HD __host__ __device__ __forceinline__
-#else
-#define EK_HD inline
-#endif
+#include "host_device.h"
 
 namespace eurokernels::cross_entropy {
 

@@ -16,7 +16,7 @@
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_checks.h"
 #include "cross_entropy/cross_entropy_common.h"
-#include "cross_entropy/online_softmax_cpu.h"
+#include "online_softmax_cpu.h"
 
 namespace eurokernels::cross_entropy {
 namespace {
@@ -80,7 +80,7 @@ void check_labels(const int64_t* labels, int64_t rows, const Options& o) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
+std::tuple<at::Tensor, at::Tensor> forward_backward_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& lse_in,
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,
@@ -102,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_cpu(
     cpu::prepare_fresh(grad_out->data_ptr(), grad_out->nbytes());
   }
 
-  EK_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "cross_entropy_cpu", [&] {
+  EK_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "cross_entropy::forward_backward_cpu", [&] {
     const scalar_t* xp = logits.const_data_ptr<scalar_t>();
     scalar_t* gp = grad_out ? static_cast<scalar_t*>(grad_out->data_ptr()) : nullptr;
     const int64_t sx = logits.stride(0), sg = grad_out ? grad_out->stride(0) : 0;

@@ -1,5 +1,5 @@
 // Cross-entropy CUDA entry point: validate, allocate, and launch on the current stream (same contract as
-// cross_entropy_cpu in cross_entropy.h, except that out-of-range labels give NaN rows instead of an error).
+// forward_backward_cpu in cross_entropy.h, except that out-of-range labels give NaN rows instead of an error).
 #include "cross_entropy/cross_entropy.h"
 #include "cross_entropy/cross_entropy_checks.h"
 #include "cross_entropy/cross_entropy_launch.h"
@@ -7,7 +7,7 @@
 
 namespace eurokernels::cross_entropy {
 
-std::tuple<at::Tensor, at::Tensor> cross_entropy_cuda(
+std::tuple<at::Tensor, at::Tensor> forward_backward_cuda(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& lse_in,
     const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& dlse,
     const std::optional<at::Tensor>& grad_out, int64_t ignore_index, double label_smoothing, double z_loss,

@@ -1,11 +1,7 @@
 // RMSNorm math shared by the CPU and CUDA kernels (host and device), so the CPU tests exercise it too.
 #pragma once
 
-#if defined(__CUDACC__)
-#define EK_HD __host__ __device__ __forceinline__
-#else
-#define EK_HD inline
-#endif
+#include "host_device.h"
 
 namespace eurokernels::rms_norm {
 

@@ -140,12 +140,6 @@ void backward_row(const T* dy, const T* h, const T* dres, T* dx, const float* w,
 // Rows per parallel task: enough work (~32K elements) to amortize the scheduling.
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1)); }
 
-void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == n, name, " must be [", rows, ", ", n, "], got ",
-              t.sizes());
-  TORCH_CHECK(n <= 1 || t.stride(1) == 1, name, " must be contiguous along hidden");
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,

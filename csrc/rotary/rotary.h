@@ -16,12 +16,12 @@ namespace eurokernels::rotary {
 
 using Outputs = std::tuple<at::Tensor, at::Tensor>;
 
-Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
+Outputs forward_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
                    const std::optional<at::Tensor>& k_out, const at::Tensor& cos, const at::Tensor& sin,
                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                    bool interleaved, bool conjugate);
 
-Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
+Outputs forward_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out,
                     const std::optional<at::Tensor>& k_out, const at::Tensor& cos, const at::Tensor& sin,
                     const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                     bool interleaved, bool conjugate);

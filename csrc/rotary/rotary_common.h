@@ -2,13 +2,7 @@
 #pragma once
 #include <cstdint>
 
-#ifndef EK_HD
-#if defined(__CUDACC__)
-#define EK_HD __host__ __device__ __forceinline__
-#else
-#define EK_HD inline
-#endif
-#endif
+#include "host_device.h"
 
 namespace eurokernels::rotary {
 

@@ -139,7 +139,7 @@ void run(const Side& qs, const Side& ks, const C* cos, const C* sin, const int64
 
 }  // namespace
 
-Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
+Outputs forward_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
                    const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                    bool interleaved, bool conjugate) {
@@ -156,7 +156,7 @@ Outputs rotary_cpu(const at::Tensor& q, const at::Tensor& k, const std::optional
   const int64_t* pos = position_ids ? position_ids->const_data_ptr<int64_t>() : nullptr;
   const int32_t* cu = cu_seqlens ? cu_seqlens->const_data_ptr<int32_t>() : nullptr;
   const int64_t n_seqs = cu_seqlens ? cu_seqlens->numel() - 1 : 0;
-  EK_DISPATCH_FLOAT_TYPES(q.scalar_type(), "rotary_cpu", [&] {
+  EK_DISPATCH_FLOAT_TYPES(q.scalar_type(), "rotary::forward_cpu", [&] {
     if (cos.scalar_type() == at::kFloat) {
       run<scalar_t, float>(qs, ks, cos.const_data_ptr<float>(), sin.const_data_ptr<float>(), pos, cu, n_seqs,
                            cos.size(0), batch, seqlen, head_dim, half, interleaved, conjugate);

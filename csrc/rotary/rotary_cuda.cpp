@@ -8,7 +8,7 @@
 
 namespace eurokernels::rotary {
 
-Outputs rotary_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
+Outputs forward_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& q_out_arg,
                    const std::optional<at::Tensor>& k_out_arg, const at::Tensor& cos, const at::Tensor& sin,
                    const std::optional<at::Tensor>& position_ids, const std::optional<at::Tensor>& cu_seqlens,
                    bool interleaved, bool conjugate) {

@@ -15,13 +15,6 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& x, bool log);
 at::Tensor backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log);
 at::Tensor backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse, bool log);
 
-// The internal contract both backends check (common.h's CHECK_* family): t is [rows, n], unit stride along n.
-inline void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t n) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == n, name, " must be [", rows, ", ", n, "], got ",
-              t.sizes());
-  TORCH_CHECK(n <= 1 || t.stride(1) == 1, name, " must be contiguous along its last dimension");
-}
-
 // The backward's arguments (x already checked to be 2-D): dy like x, lse one fp32 value per row.
 inline void check_backward_args(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& lse) {
   const int64_t rows = x.size(0), n = x.size(1);

@@ -11,7 +11,7 @@
 #include "cpu_alloc.h"
 #include "cpu_exp.h"
 #include "cpu_vec.h"
-#include "cross_entropy/online_softmax_cpu.h"
+#include "online_softmax_cpu.h"
 #include "softmax/softmax.h"
 
 namespace eurokernels::softmax {

@@ -43,7 +43,18 @@ TARGETS = {
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024, "gfx90a": 64 * 1024, "gfx942": 64 * 1024}
 STATIC_SHARED_LIMIT = 48 * 1024  # statically declared __shared__ per block, every NVIDIA arch (CUDA C++ kernels)
 
-CUDA_ARCHS = ("sm_80", "sm_90")  # the archs the CUDA C++ extension is built for by default (setup.py)
+def _default_cuda_archs():
+    """The archs the CUDA C++ extension is built for by default: csrc/sources.txt's `archs` line (read by setup.py
+    and CMake too)."""
+    sources = Path(__file__).resolve().parents[2] / "csrc" / "sources.txt"
+    for line in sources.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["archs"]:
+            return tuple(f"sm_{a.strip()}" for a in words[1].replace(",", ";").split(";") if a.strip())
+    raise RuntimeError(f"{sources}: no `archs` line")
+
+
+CUDA_ARCHS = _default_cuda_archs()
 
 
 def warp_size(target):

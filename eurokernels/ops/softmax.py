@@ -4,7 +4,7 @@ Registered ops:
   eurokernels::softmax           (x, log) -> (y, lse [rows] fp32)
   eurokernels::softmax_backward  (dy, x, lse, log) -> dx
 Backends: reference (eurokernels/reference.py), cpu (csrc/softmax/softmax_cpu.cpp, sharing the blockwise online softmax
-of csrc/cross_entropy/online_softmax_cpu.h), triton (eurokernels/triton/softmax.py), cuda (csrc/softmax/softmax.cu,
+of csrc/online_softmax_cpu.h), triton (eurokernels/triton/softmax.py), cuda (csrc/softmax/softmax.cu,
 sharing the online softmax of csrc/online_softmax.cuh with the cross-entropy kernel). The forward reads the input once
 for the log-sum-exp (online softmax) and once more for the output (from cache for rows that fit in L2). The backward
 recomputes p = exp(x - lse) in fp32 from the input and the saved lse rather than using the rounded output: with bf16

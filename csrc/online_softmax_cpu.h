@@ -17,7 +17,7 @@
 #include "cpu_exp.h"
 #include "cpu_vec.h"
 #include "cross_entropy/cross_entropy_common.h"
-#include "cross_entropy/online_softmax_avx512.h"
+#include "online_softmax_avx512.h"
 
 namespace eurokernels::cpu {
 
