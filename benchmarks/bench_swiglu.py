@@ -33,15 +33,15 @@ def cases(device, quick=False):
 
 def _shape_cases(tokens, inter, device):
     """One shape's cases: a function of its own so that every closure binds this shape's tensors."""
-    out = []
+    out, ours = [], our_backends(device, "swiglu")
     fused = torch.randn(tokens, 2 * inter, dtype=torch.bfloat16, device=device)
     g, u = fused[:, :inter].contiguous(), fused[:, inter:].contiguous()
     dy = torch.randn_like(g)
     elems, label = tokens * inter, f"{tokens}x{inter} bf16"
     eager = lambda g, u: reference.swiglu(g, u)
-    fwd = {f"eurokernels[{b}]": functools.partial(ek.swiglu, g, u, backend=b) for b in our_backends(device)}
+    fwd = {f"eurokernels[{b}]": functools.partial(ek.swiglu, g, u, backend=b) for b in ours}
     fwd.update({f"eurokernels[{b}] fused": functools.partial(ek.swiglu, fused, backend=b)
-                for b in our_backends(device)})
+                for b in ours})
     fwd["eager"] = functools.partial(eager, g, u)
     fwd["compile"] = functools.partial(_compiled_reference(), g, u)
     fwd["floor"] = functools.partial(torch.mul, g, u)
@@ -53,9 +53,9 @@ def _shape_cases(tokens, inter, device):
     def fwd_bwd(f):
         return lambda: torch.autograd.grad(f(gg, ug), (gg, ug), dy)
 
-    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.swiglu, backend=b)) for b in our_backends(device)}
+    both = {f"eurokernels[{b}]": fwd_bwd(functools.partial(ek.swiglu, backend=b)) for b in ours}
     both.update({f"eurokernels[{b}] fused": (lambda b=b: torch.autograd.grad(ek.swiglu(xg, backend=b), xg, dy))
-                 for b in our_backends(device)})
+                 for b in ours})
     both["eager"] = fwd_bwd(eager)
     both["compile"] = fwd_bwd(_compiled_reference())
     both["floor"] = lambda: (torch.mul(g, u), torch.mul(g, u), dy.clone())

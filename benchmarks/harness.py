@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eurokernels import _ext
 
 # torch.compile(reference) is traced once per benchmark shape; the default recompile limit (8) would silently
 # fall back to eager after the 8th shape of an op.
@@ -35,13 +34,6 @@ class Case:
     out_bytes: int = 0           # bytes of the results every provider must return (e.g. the gradients): the
                                  # "workspace" column is the peak minus these, the memory a provider adds on top
     meta: dict = field(default_factory=dict)
-
-
-def our_backends(device):
-    """The eurokernels backends a benchmark times on ``device``: triton (+ cuda when built) on a GPU, cpu on CPU."""
-    if torch.device(device).type == "cuda":
-        return ["triton"] + (["cuda"] if _ext.has_cuda_extension() else [])
-    return ["cpu"]
 
 
 def sync(device):

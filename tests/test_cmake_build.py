@@ -41,7 +41,7 @@ def _sources():
     groups = {"cpu": set(), "cuda": set(), "sim": set()}
     for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
         words = line.split("#", 1)[0].split()
-        if words:
+        if words and words[0] != "archs":  # the archs line is the CUDA arch default, not a source
             groups[words[0]].add(str((ROOT / "csrc" / words[1]).resolve()))
     return groups
 

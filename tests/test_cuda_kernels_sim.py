@@ -87,7 +87,7 @@ def test_cuda_entry_points_check_what_the_cpu_ones_check():
         ("rms_norm_bwd", (x, x, w, rstd[:2], None, 0.0), "rstd must have 3 elements"),
         ("rms_norm_bwd", (x, x, w[:5], rstd, None, 0.0), r"weight must be \[8\]"),
         ("rms_norm_fwd", (x, w, None, 1e-6, 0.0, 7), "unknown casting mode 7"),
-        ("cross_entropy", (x[:, :0], torch.full((3,), IGNORE), None, None, None, None, IGNORE, 0.0, 0.0, 0.0, 0, 0),
+        ("cross_entropy_fwd_bwd", (x[:, :0], torch.full((3,), IGNORE), None, None, None, None, IGNORE, 0.0, 0.0, 0.0, 0, 0),
          "at least one class"),
     ]
     for name, args, message in cases:
@@ -109,11 +109,11 @@ def test_cuda_entry_points_refuse_tensors_on_another_device():
     calls = [
         (lambda: sim.rms_norm_fwd(x, w.to(meta), None, 1e-6, 0.0, 0), "weight must be on x's device cpu, got meta"),
         (lambda: sim.rms_norm_bwd(x, x, None, torch.ones(3, device=meta), None, 0.0), "rstd must be on h's device"),
-        (lambda: sim.cross_entropy(x, torch.tensor([1, 2, 3], device=meta), None, None, None, None, -100, 0.0, 0.0,
+        (lambda: sim.cross_entropy_fwd_bwd(x, torch.tensor([1, 2, 3], device=meta), None, None, None, None, -100, 0.0, 0.0,
                                    0.0, 0, 8), "labels must be on logits's device"),
-        (lambda: sim.rotary(q, k, None, None, cos, sin, torch.zeros(3, dtype=torch.long, device=meta), None, False,
+        (lambda: sim.rotary_fwd(q, k, None, None, cos, sin, torch.zeros(3, dtype=torch.long, device=meta), None, False,
                             False), "position_ids must be on q's device"),
-        (lambda: sim.rotary(q, k, None, None, cos, sin, None, torch.tensor([0, 3], dtype=torch.int32, device=meta),
+        (lambda: sim.rotary_fwd(q, k, None, None, cos, sin, None, torch.tensor([0, 3], dtype=torch.int32, device=meta),
                             False, False), "cu_seqlens must be on q's device"),
     ]
     for call, message in calls:

@@ -1,7 +1,8 @@
 """python -m eurokernels.inspect: see eurokernels/inspect/__init__.py."""
 import os
 
-os.environ.pop("TRITON_INTERPRET", None)  # real compiles (the workers drop it too; this covers the main process)
+if __name__ == "__main__":  # run as the command: real compiles (the workers drop it too; this covers this process).
+    os.environ.pop("TRITON_INTERPRET", None)  # Imported (a test reading its helpers), it leaves the process alone.
 
 import argparse  # noqa: E402
 import json  # noqa: E402
