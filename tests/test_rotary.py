@@ -249,11 +249,11 @@ def test_kernel_invalid_positions_give_nan(device, backend):
     if backend == "reference":
         kernel = None
     elif backend == "cpu":
-        kernel = _ext.cpu().rotary
+        kernel = _ext.cpu().rotary_fwd
     elif backend == "triton":
         from eurokernels.triton.rotary import rotary as kernel
     else:  # the CUDA kernel, on CPU tensors through the simulation
-        kernel = _ext.cuda_for(torch.empty(0, device=device)).rotary
+        kernel = _ext.cuda_for(torch.empty(0, device=device)).rotary_fwd
     cos, sin = table(8, 16, device=device)
     q, k = torch.randn(1, 6, 2, 32, device=device), torch.randn(1, 6, 1, 32, device=device)
     pos = torch.tensor([0, 7, 8, -1, 3, 100], device=device)
