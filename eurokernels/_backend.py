@@ -13,26 +13,32 @@ Backends:
 """
 import contextlib
 import os
+import threading
 
 import torch
 
 from .manifest import BACKENDS
 
-# A plain module global (not a contextvar): torch.compile guards on it without a graph break. The override is
-# process-wide, like torch.backends flags.
-_override = None
+# Per thread, like torch's grad mode and autocast: a `use_backend` block in one thread never changes what another
+# thread's ops run (tests/test_threads.py). torch.compile guards on the thread-local attribute without a graph break
+# and recompiles when it changes. (A contextvar would also follow asyncio tasks, but dynamo cannot trace it.)
+_local = threading.local()
+
+
+def _override():
+    return getattr(_local, "backend", None)
 
 
 @contextlib.contextmanager
 def use_backend(backend):
-    """Run the ops inside the block on ``backend`` unless a call passes ``backend=`` itself."""
-    global _override
+    """Run the ops this thread calls inside the block on ``backend`` unless a call passes ``backend=`` itself.
+    The setting is per thread: other threads (and threads started inside the block) keep their own."""
     _check_name(backend)
-    previous, _override = _override, backend
+    previous, _local.backend = _override(), backend
     try:
         yield
     finally:
-        _override = previous
+        _local.backend = previous
 
 
 def _check_name(backend):
@@ -52,7 +58,7 @@ def cuda_sim_enabled():
 def resolve(backend, tensor):
     """The backend to run for ``tensor``; raises a ValueError naming what is wrong when it cannot run there."""
     device = tensor.device.type
-    name = backend if backend is not None else _override
+    name = backend if backend is not None else _override()
     if name is None:
         name = "triton" if device == "cuda" else "cpu"
     _check_name(name)
@@ -79,4 +85,4 @@ def resolve(backend, tensor):
 
 def default_backend(device):
     """The backend ops pick for tensors on ``device`` when no ``backend=`` is passed."""
-    return _override or ("triton" if torch.device(device).type == "cuda" else "cpu")
+    return _override() or ("triton" if torch.device(device).type == "cuda" else "cpu")

@@ -32,6 +32,15 @@ during the forward; the backward only scales the stored gradients by the upstrea
 Extra memory: the [T, V] chunk plus, with several chunks, the fp32 [V, H] accumulator (twice a bf16 weight) --
 more than the default path, still far below N x V. Used for reduction "sum" / "mean" without return_lse when a
 gradient is needed; otherwise the default path runs.
+
+Batch invariance. A token's loss and lse come from its row of each logits tile, and a matmul's row can change in
+the last bit with the number of rows it is computed with: on CPU, fp32 ``mm`` with 1 to 7 rows takes another MKL
+path than with 16 or more (measured), and GPU libraries pick tilings (split-K among them) by shape. So with the
+default chunks a token's results may differ bitwise between batches. ``batch_invariant=True`` pads the tokens to
+a multiple of BATCH_INVARIANT_TOKENS (zero rows with ignored labels) and tiles them by exactly that many, so every
+matmul has the same shape whatever the batch, and the kernels own whole rows: each token's loss and lse are then
+bitwise independent of the batch (tests/test_batch_invariance.py). Cost: up to BATCH_INVARIANT_TOKENS - 1 padded
+rows, and narrower tiles (the weight is re-read once per 64 tokens).
 """
 import torch
 
@@ -43,10 +52,12 @@ from ._ce_core import (KERNELS, check_labels_on_cpu, check_lm_head, check_loss_a
 from ._ce_tiling import (DEFAULT_CHUNKS, FORWARD_GRAD_CHUNK_ELEMENTS, chunks, forward_with_grads, scaled,
                          tiled_backward, tiled_forward)
 
+BATCH_INVARIANT_TOKENS = 64  # rows of every matmul with batch_invariant=True (16 or more take MKL's blocked path)
+
 
 def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
                          softcap=None, reduction="mean", return_lse=False, chunk_size=None, grad_in_forward=False,
-                         token_weights=None, loss_dtype=None, backend=None):
+                         token_weights=None, loss_dtype=None, batch_invariant=False, backend=None):
     """``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without materializing the logits.
 
     Args:
@@ -60,6 +71,9 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
             chunk (default: 2^27 // V, about 1000 at V = 128K: CPU matmuls need tall chunks).
         grad_in_forward: 3 matmuls instead of 4, gradients computed in the forward, at the cost of an fp32
             [V, H] accumulator (see the module docstring); reduction "sum" / "mean" without return_lse only.
+        batch_invariant: make each token's loss and lse bitwise independent of the rest of the batch (see the
+            module docstring; for reinforcement learning's log-probability comparisons). Not with grad_in_forward
+            or chunk_size. The reference backend is PyTorch's own unchunked math and makes no such promise.
         backend: "reference" | "cpu" | "triton" | "cuda" | None.
 
     Returns:
@@ -75,6 +89,16 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     softcap = check_loss_args(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
     check_weighting(token_weights, labels, loss_dtype)
     token_chunk, vocab_chunk = chunks(chunk_size)
+    if not isinstance(batch_invariant, bool):
+        raise TypeError(f"batch_invariant: expected a bool, got {batch_invariant!r}")
+    if batch_invariant:
+        if grad_in_forward or chunk_size is not None:
+            raise ValueError("batch_invariant: fixes the tiling itself; leave grad_in_forward False and chunk_size "
+                             "None")
+        return _batch_invariant(hidden, weight, labels, bias=bias, ignore_index=ignore_index,
+                                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap or None,
+                                reduction=reduction, return_lse=return_lse, token_weights=token_weights,
+                                loss_dtype=loss_dtype, backend=backend)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if grad_in_forward and needs_grad and reduction != "none" and not return_lse:
         if chunk_size is None or isinstance(chunk_size, int):
@@ -89,6 +113,29 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
         vocab_chunk, backend)
     loss = finish(reduce_loss(loss, labels, ignore_index, reduction, token_weights), hidden.dtype, loss_dtype)
     return (loss, lse) if return_lse else loss
+
+
+def _batch_invariant(hidden, weight, labels, *, reduction, return_lse, token_weights, ignore_index, **kw):
+    """The tokens padded to a multiple of BATCH_INVARIANT_TOKENS rows (zeros, ignored labels, zero weights) and
+    tiled by exactly that many rows (see the module docstring); per-token results sliced back."""
+    rows = BATCH_INVARIANT_TOKENS
+    h2, l1 = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    n = h2.shape[0]
+    pad = -n % rows
+    if pad:
+        h2 = torch.cat([h2, h2.new_zeros(pad, h2.shape[1])])
+        l1 = torch.cat([l1, l1.new_full((pad,), ignore_index)])
+    w1 = None
+    if token_weights is not None:
+        w1 = token_weights.reshape(-1)
+        w1 = torch.cat([w1, w1.new_zeros(pad)]) if pad else w1
+    per_token = reduction == "none"
+    out = linear_cross_entropy(h2, weight, l1, reduction=reduction, return_lse=return_lse, token_weights=w1,
+                               ignore_index=ignore_index, chunk_size=(rows, DEFAULT_CHUNKS[1]), **kw)
+    loss, lse = out if return_lse else (out, None)
+    if per_token:
+        loss = loss[:n].view(labels.shape)
+    return (loss, lse[:n].view(labels.shape)) if return_lse else loss
 
 
 def _rows(hidden, labels):
