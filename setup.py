@@ -11,6 +11,7 @@ Environment switches
   EUROKERNELS_SKIP_CUDA=1          do not build the CUDA extension even if nvcc is found
   EUROKERNELS_CUDA_ARCHS="80;90"   SM architectures to build (default: csrc/sources.txt's archs line; PTX is
                                    embedded for the last one)
+  EUROKERNELS_SANITIZE=1           build the host C++ (_C, _cuda_sim) with AddressSanitizer + UBSan
   EUROKERNELS_CPU_FLAGS="..."      replace the CPU ISA flags (default: AVX2+FMA+F16C on x86-64)
   CUDA_HOME                        the CUDA toolkit; else the toolkit that the nvcc on PATH belongs to
 """
@@ -84,6 +85,16 @@ def cpu_isa_flags():
     return []
 
 
+def sanitizer_flags():
+    """EUROKERNELS_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer in the host C++ (_C and _cuda_sim; nvcc's
+    device code is not instrumented). Any report aborts the process (-fno-sanitize-recover), so a test run under it
+    fails on the first one. Run with the runtime preloaded (README, "Reliability")."""
+    if os.environ.get("EUROKERNELS_SANITIZE", "0") in ("", "0"):
+        return [], []
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    return flags, ["-fsanitize=address,undefined"]
+
+
 def cuda_arch_flags():
     default = read_sources()["archs"][0]  # csrc/sources.txt's `archs` line: the one default
     archs = [a.strip() for a in os.environ.get("EUROKERNELS_CUDA_ARCHS", default).replace(",", ";").split(";")
@@ -103,15 +114,17 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = read_sources()
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"] + cpu_isa_flags()
+    san, san_link = sanitizer_flags()
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno"] + cpu_isa_flags() + san
     exts = [CppExtension("eurokernels._C", sources["cpu"], include_dirs=[str(CSRC)],
-                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
+                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"] + san_link)]
     # The simulation: csrc/sim/include (its <cuda_runtime.h>, <cuda_fp16.h>, ...) before anything else. No ISA
     # flags: the kernels' fp32 math stays plain IEEE operations, without contractions into FMA.
     exts.append(CppExtension("eurokernels._cuda_sim", sim_translation_units(sources),
                              include_dirs=[str(CSRC / "sim" / "include"), str(CSRC)],
                              define_macros=[("EUROKERNELS_CUDA_SIM", "1")],
-                             extra_compile_args={"cxx": ["-O2", "-std=c++20", "-Wno-unknown-pragmas"]}))
+                             extra_compile_args={"cxx": ["-O2", "-std=c++20", "-Wno-unknown-pragmas"] + san},
+                             extra_link_args=san_link))
     if cuda_home:
         print(f"eurokernels: building CUDA kernels with the toolkit in {cuda_home}")
         nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]

@@ -87,18 +87,27 @@ EK_AVX512_INLINE __m512 exp2(__m512 t) {
 // exp(v - shift) = 2^(v * L + hi) * 2^lo with L = log2(e) in fp32 and hi + lo = -shift * L (in double): one FMA
 // per element, and the rounding of -shift * L (up to |shift| * 3e-8, i.e. 3e-4 at logits near 1e4) goes into the
 // row constant 2^lo instead of into every exponent. The callers fold `scale` = 2^lo into a per-row factor.
+// Past |shift| = 2^24 (logits of 1.7e7 and more) the split fails: fp32 hi is off by up to half its ulp, so 2^lo
+// overflows (from |shift| ~ 1e9: NaN rows, found by tests/test_fuzz.py), and v * (L - log2(e)) is no longer small;
+// such rows take exp2((v - shift) * L) instead, one more instruction per vector (`direct`).
 struct Shift {
   __m512 hi;
   float scale;
+  bool direct;
+  __m512 shift;
 };
+constexpr float kMaxSplitShift = 16777216.f;  // 2^24
 EK_AVX512_INLINE Shift make_shift(float shift) {
   const double t = -static_cast<double>(shift) * static_cast<double>(kLog2e);
   const float hi = static_cast<float>(t);
   const bool finite = std::isfinite(t);  // +-inf / NaN shift: no split (the exps are 0, inf or NaN anyway)
-  return {_mm512_set1_ps(hi), finite ? static_cast<float>(std::exp2(t - static_cast<double>(hi))) : 1.f};
+  const bool direct = finite && std::fabs(shift) > kMaxSplitShift;
+  const float scale = finite && !direct ? static_cast<float>(std::exp2(t - static_cast<double>(hi))) : 1.f;
+  return {_mm512_set1_ps(hi), scale, direct, _mm512_set1_ps(shift)};
 }
 // exp(v - shift) / scale.
 EK_AVX512_INLINE __m512 exp_shifted(__m512 v, const Shift& s) {
+  if (s.direct) return exp2(_mm512_mul_ps(_mm512_sub_ps(v, s.shift), _mm512_set1_ps(kLog2e)));
   return exp2(_mm512_fmadd_ps(v, _mm512_set1_ps(kLog2e), s.hi));
 }
 

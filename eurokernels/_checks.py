@@ -48,5 +48,6 @@ def rows_view(t):
     """
     t2 = t.reshape(t.shape[:-1].numel(), t.shape[-1])  # not -1: ambiguous when the last dimension is 0
     if t2.shape[1] > 1 and t2.stride(1) != 1:
-        t2 = t2.contiguous()
+        # An empty tensor counts as contiguous whatever its strides, so .contiguous() would keep them.
+        t2 = t2.contiguous() if t2.numel() else t2.new_empty(t2.shape)
     return t2

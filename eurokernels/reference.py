@@ -101,8 +101,10 @@ def swiglu_backward(dy, gate, up=None, activation="silu"):
         k, c = math.sqrt(2 / math.pi), 0.044715
         t = torch.tanh(k * (g + c * g ** 3))
         a = 0.5 * g * (1 + t)
-        # The sech^2 = 1 - t^2 term vanishes where tanh saturated; dropping it there also avoids 0 * inf for huge g.
-        da = 0.5 * (1 + t) + torch.where(t.abs() < 1, 0.5 * g * (1 - t * t) * k * (1 + 3 * c * g * g), 0.0)
+        # The sech^2 = 1 - t^2 term vanishes where tanh saturated; dropping it there also avoids 0 * inf for huge
+        # finite g. At g = +-inf the derivative is NaN, as PyTorch's autograd and the kernels give.
+        da = 0.5 * (1 + t) + torch.where((t.abs() < 1) | g.isinf(), 0.5 * g * (1 - t * t) * k * (1 + 3 * c * g * g),
+                                         0.0)
     else:
         cdf = 0.5 * (1 + torch.erf(g / math.sqrt(2)))
         a, da = g * cdf, cdf + g * torch.exp(-0.5 * g * g) / math.sqrt(2 * math.pi)
@@ -387,8 +389,10 @@ def softmax(x, log=False):
     per-row log-sum-exp (fp32, fp64 kept) that the backward recomputes the probabilities from."""
     xf = up(x)
     lse = torch.logsumexp(xf, -1)
-    y = xf - lse[..., None]
-    return (y if log else torch.exp(y)).to(x.dtype), lse
+    # PyTorch's own functions give the values and, for non-finite rows, PyTorch's NaN / inf semantics (a row with
+    # +inf is NaN throughout); x - lse would give 0 there instead of NaN.
+    y = torch.log_softmax(xf, -1) if log else torch.softmax(xf, -1)
+    return y.to(x.dtype), lse
 
 
 def softmax_backward(dy, x, lse, log=False):

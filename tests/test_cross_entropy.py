@@ -232,7 +232,7 @@ def test_out_of_range_labels(device, backend):
     for bad in (10, -1):
         labels = torch.tensor([1, bad, 2], device=device)
         if device.type == "cpu" and backend in ("cpu", "reference"):
-            with pytest.raises((IndexError, RuntimeError), match="out of range"):
+            with pytest.raises(ValueError, match="out of range"):
                 ek.cross_entropy(logits, labels, backend=backend)
         else:  # documented GPU behaviour (no host sync): that token's loss and gradient row are NaN
             x = logits.clone().requires_grad_()

@@ -37,6 +37,12 @@ using BF16 = at::BFloat16;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// max that keeps a NaN (std::max(-inf, NaN) is -inf): a NaN score must reach the row's sum and make the output NaN,
+// as PyTorch's softmax does, instead of reading as "no visible key".
+inline float max_nan(float a, float b) {
+  return std::isnan(a) || std::isnan(b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- GEMM on blocks --------------------------------------------------------------------------------------------

@@ -81,10 +81,10 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           mx = -kInf;
           for (int64_t j = 0; j < kFwdBK; ++j) {
             if (!w.visible(i0 + r, j0 + j)) s[j] = -kInf;
-            mx = std::max(mx, s[j]);
+            mx = max_nan(mx, s[j]);
           }
         }
-        const float m_new = std::max(B.m[r], mx);
+        const float m_new = max_nan(B.m[r], mx);
         CT* p = B.p.data() + r * kFwdBK;
         if (m_new == -kInf) {  // nothing visible to this row yet
           std::fill(p, p + kFwdBK, CT(0.f));
@@ -110,10 +110,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       gemm<CT>(kFwdBQ, d, kFwdBK, kFwdBK, d, d, true, B.p.data(), vp.get() + at, B.o.data());
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float l = B.l[r], inv = l > 0 ? 1.f / l : 0.f;
+      // l = 0: the row saw no key (zeros, lse -inf); l NaN (a NaN score): NaN out and lse, as PyTorch's softmax.
+      const float l = B.l[r], inv = l == 0.f ? 0.f : 1.f / l;
       T* o = O + ((doc.q0 + i0 + r) * hq + h) * d;
       for (int64_t c = 0; c < d; ++c) o[c] = static_cast<T>(B.o[r * d + c] * inv);
-      L[h * total_q + doc.q0 + i0 + r] = l > 0 ? B.m[r] + std::log(l) : -kInf;
+      L[h * total_q + doc.q0 + i0 + r] = l == 0.f ? -kInf : B.m[r] + std::log(l);
     }
   });
 }

@@ -73,7 +73,7 @@ void grad_row(const T* x, T* dx, int64_t n, float lse, const GradCoef& c, int64_
 void check_labels(const int64_t* labels, int64_t rows, const Options& o) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t l = labels[r];
-    TORCH_CHECK(l == o.ignore_index || (l >= 0 && l < o.vocab_total), "labels: label ", l, " at position ", r,
+    TORCH_CHECK_VALUE(l == o.ignore_index || (l >= 0 && l < o.vocab_total), "labels: label ", l, " at position ", r,
                 " is out of range [0, ", o.vocab_total, ") and is not ignore_index (", o.ignore_index, ")");
   }
 }

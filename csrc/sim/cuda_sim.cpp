@@ -21,6 +21,9 @@
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)  // the sanitizer build (EUROKERNELS_SANITIZE=1): stack switches are announced
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 namespace eurokernels::sim {
 
@@ -66,6 +69,8 @@ ek_sim_switch:
 
 struct Context {
   void* sp = nullptr;
+  const void* bottom = nullptr;  // the stack this context runs on (AddressSanitizer is told at each switch)
+  size_t size = 0;
 };
 
 // A fresh context that starts `entry` on the stack [stack, stack + bytes): the frame ek_sim_switch pops, then
@@ -80,21 +85,52 @@ void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
   --sp;
   std::memcpy(sp, csr, 8);
   c.sp = sp;
+  c.bottom = stack;
+  c.size = bytes;
 }
-void switch_context(Context& from, Context& to) { ek_sim_switch(&from.sp, to.sp); }
+void raw_switch(Context& from, Context& to) { ek_sim_switch(&from.sp, to.sp); }
 #else
 struct Context {
   ucontext_t uc;
+  const void* bottom = nullptr;
+  size_t size = 0;
 };
 void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  c.bottom = stack;
+  c.size = bytes;
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = stack;
   c.uc.uc_stack.ss_size = bytes;
   c.uc.uc_link = nullptr;
   makecontext(&c.uc, entry, 0);
 }
-void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 #endif
+
+// AddressSanitizer keeps its own idea of the current stack: without these announcements a fiber's frames look like
+// wild writes into another stack. Fibers only ever switch to and from the scheduler, whose stack (the host thread's)
+// is learnt the first time a fiber starts.
+thread_local Context tls_sched;  // per host thread: the scheduler's own context
+void arrived(bool on_fiber) {
+#if defined(__SANITIZE_ADDRESS__)
+  const void* bottom = nullptr;
+  size_t size = 0;
+  __sanitizer_finish_switch_fiber(nullptr, &bottom, &size);
+  if (on_fiber) {
+    tls_sched.bottom = bottom;
+    tls_sched.size = size;
+  }
+#else
+  (void)on_fiber;
+#endif
+}
+void switch_context(Context& from, Context& to) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(nullptr, to.bottom, to.size);
+#endif
+  raw_switch(from, to);
+  arrived(&from != &tls_sched);
+}
 
 // ------------------------------------------------------------------------------------------------- state
 constexpr size_t kStackBytes = 256 << 10;  // kernels keep their arrays on the stack ("registers")
@@ -136,8 +172,7 @@ struct Block {
   std::string error;
 };
 
-// Per host thread: the scheduler's own context, the running block and fiber, and reusable fibers and stacks.
-thread_local Context tls_sched;
+// Per host thread: the running block and fiber, and reusable fibers and stacks.
 thread_local Block* tls_blk = nullptr;
 thread_local Fiber* tls_fiber = nullptr;
 
@@ -320,6 +355,7 @@ void finish(Block& b, Fiber& f) {
 }
 
 void fiber_entry() {
+  arrived(true);
   Block& b = *tls_blk;
   Fiber& f = *tls_fiber;
   try {

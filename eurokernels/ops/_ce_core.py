@@ -114,7 +114,7 @@ def check_labels_on_cpu(labels, ignore_index, vocab_total):
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_total))
         if bool(bad.any()):
             pos = int(bad.nonzero()[0, 0])
-            raise IndexError(f"labels: label {int(labels[pos])} at position {pos} is out of range "
+            raise ValueError(f"labels: label {int(labels[pos])} at position {pos} is out of range "
                              f"[0, {vocab_total}) and is not ignore_index ({ignore_index})")
 
 

@@ -183,10 +183,12 @@ def attention_fwd_kernel(
                                 offs_d, d_mask, sk, shift, window_left, window_right, qk_scale, softcap,
                                 BLOCK_N, True, HAS_SOFTCAP, DOT_PRECISION)
 
-    seen = l_i > 0.0
-    out = acc * tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)[:, None]
+    # l = 0: the row saw no key (zeros, lse -inf). A NaN score (NaN or inf * 0 in q, k) makes l NaN: out and lse are
+    # then NaN, as PyTorch's softmax gives, never a silent "no key".
+    empty = l_i == 0.0
+    out = acc * tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))[:, None]
     _store_rows(O, q_start, head, n_heads_q, head_dim, offs_m, sq, offs_d, d_mask, out)
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     tl.store(LSE + (head * total_q + q_start) + offs_m, lse, mask=offs_m < sq)
 
 
