@@ -16,6 +16,8 @@ from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.softmax import log_softmax, softmax
 from .ops.vocab_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 from .ops.swiglu import geglu, swiglu
+from .ops.merge_attention_states import merge_attention_states
+from .ops.context_parallel import context_parallel_attention, context_parallel_shard, context_parallel_unshard
 from . import cuda_sim, nn, reference
 
 __all__ = ["BACKENDS", "default_backend", "use_backend", "manifest", "nn", "reference", "cuda_sim"] + [
