@@ -20,6 +20,9 @@ from .ops.merge_attention_states import merge_attention_states
 from .ops.context_parallel import context_parallel_attention, context_parallel_shard, context_parallel_unshard
 from . import cuda_sim, nn, reference
 
+if "torch.distributed.tensor" in __import__("sys").modules:  # else on the first DTensor an op sees (_checks)
+    from . import dtensor  # noqa: F401 -- the ops' sharding rules
+
 __all__ = ["BACKENDS", "default_backend", "use_backend", "manifest", "nn", "reference", "cuda_sim"] + [
     f for o in manifest.OPS for f in o.functions if "." not in f]  # tests/test_manifest.py: each is imported above
 __version__ = "0.1.0"

@@ -71,6 +71,7 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
             if value is not None:
                 raise ValueError(f"{name}: only meaningful with cu_seqlens (the packed form); leave it None")
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+    cu_seqlens_q, cu_seqlens_k = _checks.replicated_like(q, cu_seqlens_q, cu_seqlens_k)
     out, lse = torch.ops.eurokernels.attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                float(softmax_scale), left, right, float(softcap), backend)
     return (out, lse) if return_lse else out
