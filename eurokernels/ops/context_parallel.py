@@ -83,22 +83,23 @@ class _Unshard(torch.autograd.Function):
         return out, None, None
 
 
-def context_parallel_unshard(x_local, *, group=None, dim=1):
+def context_parallel_unshard(x_local, *, group=None, dim=1, check_ranks=True):
     """The full sequence from every rank's shard (the inverse of ``context_parallel_shard``): an all-gather and a
     reorder. Differentiable: the backward reduce-scatters, so each rank's shard gets the sum over ranks of the
     gradients at its positions (the adjoint of the all-gather; a loss computed identically on every rank therefore
-    gives W times the single-rank gradient)."""
+    gives W times the single-rank gradient). check_ranks: as in ``context_parallel_attention``."""
     _checks.check_tensor("x_local", x_local, dtypes=None, min_dim=1)
     dim = _check_dim(x_local, dim)
     if x_local.shape[dim] % 2 != 0:
         raise ValueError(f"x_local: expected an even size along dim {dim} (two chunks), got {x_local.shape[dim]}")
-    _agree(group, x_local.device, "context_parallel_unshard",
-           [("x_local shape", _padded(x_local.shape)), ("dim", (dim,)), ("dtype", (_dtype_code(x_local.dtype),))])
+    if check_ranks:
+        _agree(group, x_local.device, "context_parallel_unshard",
+               [("x_local shape", _padded(x_local.shape)), ("dim", (dim,)), ("dtype", (_dtype_code(x_local.dtype),))])
     return _Unshard.apply(x_local, group, dim)
 
 
 def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, window_size=(-1, -1),
-                               softcap=0.0, cu_seqlens=None, return_lse=False, backend=None):
+                               softcap=0.0, cu_seqlens=None, return_lse=False, backend=None, check_ranks=True):
     """This rank's shard of ``eurokernels.attention`` over the whole sequence split across ``group``.
 
     Args:
@@ -113,11 +114,14 @@ def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_sca
             in the full order), identical on every rank; it must end at most at ``W * tokens_local``.
         return_lse: also return the shard of lse (``[batch, heads_q, seqlen_local]``; packed
             ``[heads_q, tokens_local]``), no gradient.
+        check_ranks: first all-gather a small descriptor (shapes, dtype, options, a hash of cu_seqlens), so that
+            ranks that disagree raise the same ValueError instead of hanging in the K/V all-gather. One small
+            collective per call (with NCCL also a host sync); False skips it once a training loop is known good.
 
     Returns:
         This rank's shard of the output (and of lse). Gradients flow to the local q, k and v shards, equal to the
         shards of the single-rank gradients. Ranks that disagree on shapes, dtypes, options or cu_seqlens raise a
-        ValueError on every rank (a small all-gather checks them first) instead of hanging.
+        ValueError on every rank (with ``check_ranks``) instead of hanging.
     """
     packed = cu_seqlens is not None
     backend, softmax_scale, left, right = check_args(q, k, v, packed, causal, softmax_scale, window_size, softcap,
@@ -132,11 +136,12 @@ def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_sca
         raise ValueError(f"q: expected an even number of local positions (two chunks per rank), got {local}")
     total = local * world
     bounds = _check_cu_seqlens(cu_seqlens, q, total) if packed else None
-    _agree(group, q.device, "context_parallel_attention", [
-        ("q shape", _padded(q.shape)), ("k shape", _padded(k.shape)), ("dtype", (_dtype_code(q.dtype),)),
-        ("causal / window", (int(causal), left, right)), ("softmax_scale / softcap", (_bits(softmax_scale),
-                                                                                       _bits(softcap))),
-        ("cu_seqlens", (-1, -1) if bounds is None else (len(bounds), hash(tuple(bounds)) & (2 ** 62 - 1)))])
+    if check_ranks:
+        _agree(group, q.device, "context_parallel_attention", [
+            ("q shape", _padded(q.shape)), ("k shape", _padded(k.shape)), ("dtype", (_dtype_code(q.dtype),)),
+            ("causal / window", (int(causal), left, right)),
+            ("softmax_scale / softcap", (_bits(softmax_scale), _bits(softcap))),
+            ("cu_seqlens", (-1, -1) if bounds is None else (len(bounds), hash(tuple(bounds)) & (2 ** 62 - 1)))])
     kv = _Unshard.apply(torch.stack((k, v)), group, dim + 1)
     k_full, v_full = kv.unbind(0)
     opts = dict(softmax_scale=float(softmax_scale), softcap=float(softcap), backend=backend)
