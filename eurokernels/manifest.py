@@ -101,7 +101,7 @@ OPS = (
        "merge two partial attention results (out, lse) over disjoint keys (PyTorch ops, fp32 math)", composite=True),
     # Context-parallel attention runs the attention kernels on each rank (timed in bench_attention).
     Op("context_parallel", ("context_parallel_attention", "context_parallel_shard", "context_parallel_unshard"),
-       "context-parallel attention (load-balanced causal shards, all-gathered K/V), torch.distributed", _ATTENTION),
+       "context-parallel attention (load-balanced causal shards, ring or all-gather K/V), torch.distributed", _ATTENTION),
 )
 
 BY_NAME = {op.name: op for op in OPS}

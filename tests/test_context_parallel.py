@@ -1,6 +1,7 @@
 """Context-parallel attention on 2 and 4 gloo ranks equals single-rank eurokernels.attention on the whole sequence:
 output, lse and the gradients of the local q, k and v shards, for causal, windows, softcap, GQA and packed documents
-(documents crossing chunk and rank boundaries, tokens after the last document). Also: shard / unshard and their
+(documents crossing chunk and rank boundaries, tokens after the last document), with both K/V exchanges (ring,
+all-gather). The ring's plan computes every visible chunk pair once and no masked one. Also: shard / unshard and their
 gradients, ranks that disagree raise instead of hanging, bad input. One spawned run per world size holds every case
 (process start-up dominates)."""
 import pytest
@@ -32,7 +33,7 @@ def _doc_lengths(lengths, total):
     return out
 
 
-def _check_case(rank, world, name, backend):
+def _check_case(rank, world, name, backend, exchange="ring"):
     opts, lengths = CASES[name]
     torch.manual_seed(len(name))  # the same full problem on every rank
     total = 2 * world * CHUNK
@@ -53,10 +54,11 @@ def _check_case(rank, world, name, backend):
         return ek.context_parallel_shard(t, dim=d)
 
     local = [shard(t).detach().requires_grad_() for t in (q, k, v)]
-    out_l, lse_l = ek.context_parallel_attention(*local, return_lse=True, backend=backend, **opts, **cp_extra,
-                                                 check_ranks="gqa" not in name)  # the same result without the check
+    out_l, lse_l = ek.context_parallel_attention(*local, return_lse=True, backend=backend, exchange=exchange, **opts,
+                                                 **cp_extra, check_ranks="gqa" not in name)  # (same without it)
     out_l.backward(shard(dout))
     tol = dict(atol=2e-5, rtol=2e-5)
+    name = f"{name} ({exchange})"
     torch.testing.assert_close(out_l, shard(out.detach()), **tol, msg=lambda m: f"{name} out: {m}")
     torch.testing.assert_close(lse_l, shard(lse, lse.dim() - 1), **tol, msg=lambda m: f"{name} lse: {m}")
     for which, mine, ref in zip("qkv", local, full):
@@ -99,9 +101,11 @@ def _check_disagreement(rank, world):
 
 
 def _check_all(rank, world, backends, extra):
-    for backend in backends:
-        for name in CASES:
+    for backend in backends:  # every case on the cpu kernels; a dense, a windowed and a packed one on the others
+        for name in CASES if backend == "cpu" else ("causal_gqa", "window_softcap", "packed_window_gqa"):
             _check_case(rank, world, name, backend)
+    for name in CASES:  # the all-gather exchange: the same plans against the gathered keys
+        _check_case(rank, world, name, "cpu", "all_gather")
     _check_shard_unshard(rank, world)
     if extra:
         _check_disagreement(rank, world)
@@ -114,8 +118,29 @@ def test_context_parallel_matches_single_rank(world):
     run_ranks(_check_all, world, backends, world == 2)
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_ring_computes_no_masked_chunk_pair_and_balances_causal_work(world):
+    # causal, dense: the ring's plan on each rank holds exactly the visible chunk pairs (key chunk <= query chunk),
+    # 2W + 1 of them on every rank, each once
+    from eurokernels.ops.context_parallel import _layout, _ring_pairs
+    c, total = 3, 6 * world
+    for rank in range(world):
+        pairs = set()
+        for step, todo in enumerate(_ring_pairs(world, rank, total, None, -1, 0)):
+            theirs = _layout(world, (rank - step) % world, total)[0]
+            for hq, hk, calls in todo:
+                gq, gk = _layout(world, rank, total)[0][hq], theirs[hk]
+                assert gk <= gq and (gq, gk) not in pairs
+                pairs.add((gq, gk))
+                # diagonal pairs are causal within the chunk; earlier chunks are seen whole
+                assert calls == [(0, c, 0, c, None, None, None, None, (-1, 0 if gq == gk else (gq - gk) * c))]
+        assert len(pairs) == 2 * world + 1
+
+
 def test_bad_input():
     q = torch.randn(1, 4, 2, 8)
+    with pytest.raises(ValueError, match="exchange: expected one of 'ring', 'all_gather'"):
+        ek.context_parallel_attention(q, q, q, exchange="tree")
     with pytest.raises(ValueError, match="window_size"):
         ek.context_parallel_attention(q, q, q, window_size=(-2, 0))
     with pytest.raises(TypeError, match="causal"):

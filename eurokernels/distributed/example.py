@@ -3,8 +3,8 @@
     torchrun --standalone --nproc_per_node 2 -m eurokernels.distributed.example [--steps 5] [--seqlen 64]
 
 Every rank holds a load-balanced shard of each sequence (``context_parallel_shard``: chunks r and 2W-1-r of 2W) and
-a shard of every parameter (``fully_shard``). The attention is ``context_parallel_attention`` (K/V all-gathered over
-the group), the norms ``rms_norm``, the MLP ``swiglu``, the LM head + loss ``linear_cross_entropy``. Before
+a shard of every parameter (``fully_shard``). The attention is ``context_parallel_attention`` (K/V blocks passed around
+the group's ring), the norms ``rms_norm``, the MLP ``swiglu``, the LM head + loss ``linear_cross_entropy``. Before
 training, the context-parallel attention is checked against ``eurokernels.attention`` on the whole sequence.
 Runs with NCCL on GPUs unchanged but for the backend and device.
 """

@@ -194,8 +194,9 @@ def _reference_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, so
 
 
 def _reference_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
+    # from out and lse, as the kernels: the backward of a block of a larger softmax (ring attention) is its share
     grads = ref.attention_backward(dout, q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
-                                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+                                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, out=out, lse=lse)
     return tuple(g.contiguous() for g in grads)
 
 

@@ -4,23 +4,30 @@ Sharding (``context_parallel_shard``): with W ranks the sequence is cut into 2W 
 r and 2W-1-r. Under a causal mask chunk g attends to g + 1 chunks, so every rank does (r + 1) + (2W - r) = 2W + 1
 chunk pairs of work: the load is balanced without any masking trick.
 
-Exchange: all-gather of K and V (as Llama 3 was trained; one collective of 2 * seqlen * heads_k * head_dim elements per
-call), then for each local query chunk one ``eurokernels.attention`` call on the contiguous key range it can see:
-under a causal mask that is keys up to the chunk's end, under a window the window's span, so fully masked chunk
-pairs are never computed. The call's bottom-right alignment is moved to the chunk's true position by shifting the
-window (``_shifted_window``), which keeps causal, window and softcap semantics of the whole sequence exactly. The
-backward of the all-gather reduce-scatters dK/dV to the ranks that own them. Memory per rank: the gathered K and V
-(2 * seqlen * heads_k * head_dim elements, the same again for their gradients in the backward) plus the local
-shards; a ring exchange would keep that at O(seqlen / W) at the price of 2W - 1 sequential steps (not built).
+The plan (``_plan``): a query chunk against a block of keys is one ``eurokernels.attention`` call on the rows that
+see a key of the block and the keys those rows see (causal: nothing of a later chunk; a window: its band), so fully
+masked chunk pairs are never computed. The call's bottom-right alignment is moved to the true positions by shifting
+the window (``_shifted_window``), which keeps causal, window and softcap semantics of the whole sequence exactly.
+Packed documents (``cu_seqlens`` of the whole packed sequence, identical on every rank) are cut at the chunk and
+block boundaries; consecutive documents with one shifted window share a varlen call. cu_seqlens is read on the host
+once per call (it is small; on a GPU that is one device-to-host copy).
 
-Packed documents (``cu_seqlens`` of the whole packed sequence, identical on every rank): each local chunk is cut at
-document boundaries; consecutive documents whose shifted windows agree go in one varlen call (only the document that
-crosses the chunk's end can need another window under a right-bounded window, so at most two calls per chunk).
-cu_seqlens is read on the host once per call (it is small; on a GPU that is one device-to-host copy).
+Two K/V exchanges (``exchange=``):
+  "ring" (default)   W steps; at each, the K/V block of another rank arrives (isend / irecv to the ring's
+                     neighbours, overlapped with the compute on the block in hand), the local query chunks attend to
+                     it and the partial results are merged (merge_attention_states). The backward runs the ring again,
+                     recomputing from the final out and lse; each block's dK/dV travels with it and arrives home
+                     after W shifts. K/V memory per rank: the local block, the block in flight and (backward) their
+                     gradient accumulators: O(seqlen / W).
+  "all_gather"       one all-gather of K and V (as Llama 3 was trained), then one call per local query chunk against
+                     the whole sequence's keys; its backward reduce-scatters dK/dV. Memory per rank: the gathered K and
+                     V, 2 * seqlen * heads_k * head_dim elements (as much again for their gradients): O(seqlen).
+                     Fewer, larger messages and kernel calls: the better choice while seqlen * heads_k fits.
 
 Not torch.library ops: Python functions around collectives (eager distributed training, as the vocab-parallel
 losses), whose per-rank compute is the registered attention op on whichever backend is chosen.
 """
+import collections
 import struct
 
 import torch
@@ -28,6 +35,9 @@ import torch.distributed as dist
 
 from .. import _checks
 from .attention import attention, check_args
+from .merge_attention_states import merge_attention_states
+
+EXCHANGES = ("ring", "all_gather")
 
 
 def _layout(world, rank, n):
@@ -99,7 +109,8 @@ def context_parallel_unshard(x_local, *, group=None, dim=1, check_ranks=True):
 
 
 def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, window_size=(-1, -1),
-                               softcap=0.0, cu_seqlens=None, return_lse=False, backend=None, check_ranks=True):
+                               softcap=0.0, cu_seqlens=None, return_lse=False, backend=None, exchange="ring",
+                               check_ranks=True):
     """This rank's shard of ``eurokernels.attention`` over the whole sequence split across ``group``.
 
     Args:
@@ -114,6 +125,8 @@ def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_sca
             in the full order), identical on every rank; it must end at most at ``W * tokens_local``.
         return_lse: also return the shard of lse (``[batch, heads_q, seqlen_local]``; packed
             ``[heads_q, tokens_local]``), no gradient.
+        exchange: "ring" (K/V blocks passed around the group, O(seqlen / W) K/V memory, communication overlapped
+            with compute) or "all_gather" (one collective, O(seqlen) K/V memory); see the module docstring.
         check_ranks: first all-gather a small descriptor (shapes, dtype, options, a hash of cu_seqlens), so that
             ranks that disagree raise the same ValueError instead of hanging in the K/V all-gather. One small
             collective per call (with NCCL also a host sync); False skips it once a training loop is known good.
@@ -126,7 +139,8 @@ def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_sca
     packed = cu_seqlens is not None
     backend, softmax_scale, left, right = check_args(q, k, v, packed, causal, softmax_scale, window_size, softcap,
                                                      backend)
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    _checks.check_choice("exchange", exchange, EXCHANGES)
+    world = dist.get_world_size(group)
     dim = 0 if packed else 1
     local = q.shape[dim]
     if k.shape[dim] != local:
@@ -139,87 +153,231 @@ def context_parallel_attention(q, k, v, *, group=None, causal=False, softmax_sca
     if check_ranks:
         _agree(group, q.device, "context_parallel_attention", [
             ("q shape", _padded(q.shape)), ("k shape", _padded(k.shape)), ("dtype", (_dtype_code(q.dtype),)),
-            ("causal / window", (int(causal), left, right)),
+            ("causal / window", (int(causal), left, right)), ("exchange", (EXCHANGES.index(exchange),)),
             ("softmax_scale / softcap", (_bits(softmax_scale), _bits(softcap))),
             ("cu_seqlens", (-1, -1) if bounds is None else (len(bounds), hash(tuple(bounds)) & (2 ** 62 - 1)))])
-    kv = _Unshard.apply(torch.stack((k, v)), group, dim + 1)
-    k_full, v_full = kv.unbind(0)
-    opts = dict(softmax_scale=float(softmax_scale), softcap=float(softcap), backend=backend)
-    chunks, c = _layout(world, rank, total)
-    outs, lses = [], []
-    for half, g in enumerate(chunks):
-        q_chunk = q.narrow(dim, half * c, c)
-        if packed:
-            out, lse = _packed_chunk(q_chunk, k_full, v_full, g * c, bounds, left, right, opts)
-        else:
-            out, lse = _dense_chunk(q_chunk, k_full, v_full, g * c, total, left, right, opts)
-        outs.append(out)
-        lses.append(lse)
-    out, lse = torch.cat(outs, dim), torch.cat(lses, -1)
+    opts = (float(softmax_scale), float(softcap), backend)
+    if exchange == "all_gather":
+        out, lse = _all_gather_attention(q, k, v, group, dim, bounds, left, right, opts)
+    else:
+        out, lse = _RingAttention.apply(q, k, v, group, dim, bounds, left, right, opts)
     return (out, lse) if return_lse else out
+
+
+# --- the plan: which attention calls compute a query chunk against a key block -------------------------------------
+
+_Call = collections.namedtuple("_Call", "q0 q1 k0 k1 cu_q cu_k max_q max_k window")
 
 
 def _shifted_window(left, right, query_end, key_end):
     """The window that makes a call on keys ending at ``key_end`` align its queries (ending at ``query_end``) to
     their true positions. attention() aligns bottom-right: the call's last query sits at its last key, i.e. at
-    ``key_end - 1``; the truth is ``query_end - 1``, delta = query_end - key_end positions earlier (delta <= 0)."""
+    ``key_end - 1``; the truth is ``query_end - 1``, delta = query_end - key_end positions earlier."""
     delta = query_end - key_end
     return (left - delta if left >= 0 else -1), (right + delta if right >= 0 else -1)
 
 
-def _key_span(start, end, qs, qe, left, right):
-    """The keys [ks, ke) within [start, end) that queries [qs, qe) can see under the window (left, right)."""
-    return (start if left < 0 else max(start, qs - left)), (end if right < 0 else min(end, qe + right))
+def _plan(qa, qb, ka, kb, bounds, left, right):
+    """The calls computing queries [qa, qb) against keys [ka, kb) (positions in the whole sequence) under the window
+    (left, right), within documents (``bounds``: the whole cu_seqlens, or None for dense rows). Each call's rows
+    (q0, q1) count from qa, its keys (k0, k1) from ka; rows outside every call see no key of the block.
 
-
-def _dense_chunk(q_chunk, k_full, v_full, qa, total, left, right, opts):
-    c = q_chunk.shape[1]
-    k0, k1 = _key_span(0, total, qa, qa + c, left, right)
-    window = _shifted_window(left, right, qa + c, k1)
-    return attention(q_chunk, k_full[:, k0:k1], v_full[:, k0:k1], window_size=window, return_lse=True, **opts)
-
-
-def _packed_chunk(q_chunk, k_full, v_full, qa, bounds, left, right, opts):
-    """One local chunk of a packed sequence: the documents it intersects, grouped into varlen calls by window."""
-    c = q_chunk.shape[0]
-    qb = qa + c
-    docs = []  # (qs, qe, ks, ke, window) per document with queries in the chunk, in order
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        qs, qe = max(s, qa), min(e, qb)
-        if qs < qe:
-            ks, ke = _key_span(s, e, qs, qe, left, right)
-            docs.append((qs, qe, ks, ke, _shifted_window(left, right, qe, ke)))
+    Per document: keep the rows that see a key of the block, then the keys those rows see; the window is shifted so
+    that the kernel's bottom-right alignment lands on the true positions, which stays representable (left' >= 0 and
+    right' >= 0 where bounded) exactly because rows and keys were clipped to each other first. Consecutive
+    documents with contiguous rows and keys and one window share a varlen call."""
+    spans = [(qa, qb, ka, kb)] if bounds is None else [
+        (max(qa, s), min(qb, e), max(ka, s), min(kb, e)) for s, e in zip(bounds[:-1], bounds[1:])]
     groups = []
-    for doc in docs:  # consecutive documents with one window share a call (their q and k spans are contiguous)
-        if groups and groups[-1][-1][4] == doc[4]:
+    for qs, qe, ks, ke in spans:
+        if right >= 0:
+            qs = max(qs, ks - right)
+        if left >= 0:
+            qe = min(qe, ke + left)
+        if qs >= qe or ks >= ke:
+            continue
+        if left >= 0:
+            ks = max(ks, qs - left)
+        if right >= 0:
+            ke = min(ke, qe + right)
+        doc = (qs, qe, ks, ke, _shifted_window(left, right, qe, ke))
+        last = groups[-1][-1] if groups else None
+        if last is not None and bounds is not None and (last[1], last[3], last[4]) == (qs, ks, doc[4]):
             groups[-1].append(doc)
         else:
             groups.append([doc])
-    outs, lses, at = [], [], qa
+    calls = []
     for grp in groups:
-        qs0, ks0 = grp[0][0], grp[0][2]
-        _fill(outs, lses, q_chunk, grp[0][0] - at)  # rows before the first document see no key
-        cu_q = [d[0] - qs0 for d in grp] + [grp[-1][1] - qs0]
-        cu_k = [d[2] - ks0 for d in grp] + [grp[-1][3] - ks0]
-        device = q_chunk.device
-        out, lse = attention(q_chunk[qs0 - qa:grp[-1][1] - qa], k_full[ks0:grp[-1][3]], v_full[ks0:grp[-1][3]],
-                             cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32, device=device),
-                             cu_seqlens_k=torch.tensor(cu_k, dtype=torch.int32, device=device),
-                             max_seqlen_q=max(d[1] - d[0] for d in grp), max_seqlen_k=max(d[3] - d[2] for d in grp),
-                             window_size=grp[0][4], return_lse=True, **opts)
+        (q0, _, k0, _, window), q1, k1 = grp[0], grp[-1][1], grp[-1][3]
+        cu_q = cu_k = max_q = max_k = None
+        if bounds is not None:
+            cu_q, cu_k = [d[0] - q0 for d in grp] + [q1 - q0], [d[2] - k0 for d in grp] + [k1 - k0]
+            max_q, max_k = max(d[1] - d[0] for d in grp), max(d[3] - d[2] for d in grp)
+        calls.append(_Call(q0 - qa, q1 - qa, k0 - ka, k1 - ka, cu_q, cu_k, max_q, max_k, window))
+    return calls
+
+
+def _varlen(call, device):
+    if call.cu_q is None:
+        return dict(cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None)
+    return dict(cu_seqlens_q=torch.tensor(call.cu_q, dtype=torch.int32, device=device),
+                cu_seqlens_k=torch.tensor(call.cu_k, dtype=torch.int32, device=device),
+                max_seqlen_q=call.max_q, max_seqlen_k=call.max_k)
+
+
+def _attend(calls, q_chunk, k_block, v_block, dim, opts):
+    """(out, lse) of a query chunk against a key block, along ``calls``; rows no call covers get zeros and lse -inf
+    (as attention() gives a row that sees no key). Differentiable (eurokernels.attention)."""
+    scale, softcap, backend = opts
+    outs, lses, at = [], [], 0
+    for call in calls:
+        _fill(outs, lses, q_chunk, dim, call.q0 - at)
+        out, lse = attention(q_chunk.narrow(dim, call.q0, call.q1 - call.q0),
+                             k_block.narrow(dim, call.k0, call.k1 - call.k0),
+                             v_block.narrow(dim, call.k0, call.k1 - call.k0), window_size=call.window,
+                             softmax_scale=scale, softcap=softcap, return_lse=True, backend=backend,
+                             **_varlen(call, q_chunk.device))
         outs.append(out)
         lses.append(lse)
-        at = grp[-1][1]
-    _fill(outs, lses, q_chunk, qb - at)  # rows after the last document
-    return torch.cat(outs, 0), torch.cat(lses, -1)
+        at = call.q1
+    _fill(outs, lses, q_chunk, dim, q_chunk.shape[dim] - at)
+    return torch.cat(outs, dim), torch.cat(lses, -1)
 
 
-def _fill(outs, lses, q, rows):
-    """Rows outside every document: zeros and lse = -inf, as attention() gives them."""
+def _fill(outs, lses, q, dim, rows):
     if rows > 0:
-        outs.append(q.new_zeros((rows,) + q.shape[1:]))
-        lses.append(q.new_full((q.shape[1], rows), float("-inf"),
-                               dtype=torch.float64 if q.dtype == torch.float64 else torch.float32))
+        shape = list(q.shape)
+        shape[dim] = rows
+        outs.append(q.new_zeros(shape))
+        lse_shape = (shape[0], shape[2], rows) if dim == 1 else (shape[1], rows)
+        lses.append(q.new_full(lse_shape, float("-inf"), dtype=_lse_dtype(q)))
+
+
+def _lse_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+# --- exchange 1: all-gather K/V -------------------------------------------------------------------------------------
+
+def _all_gather_attention(q, k, v, group, dim, bounds, left, right, opts):
+    """K and V all-gathered (differentiable: the backward reduce-scatters dK / dV), then per local query chunk the
+    calls against the whole sequence's keys. Plain autograd."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    k_full, v_full = _Unshard.apply(torch.stack((k, v)), group, dim + 1).unbind(0)
+    total = q.shape[dim] * world
+    chunks, c = _layout(world, rank, total)
+    outs, lses = [], []
+    for half, g in enumerate(chunks):
+        calls = _plan(g * c, (g + 1) * c, 0, total, bounds, left, right)
+        out, lse = _attend(calls, q.narrow(dim, half * c, c), k_full, v_full, dim, opts)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, dim), torch.cat(lses, -1)
+
+
+# --- exchange 2: a ring -----------------------------------------------------------------------------------------------
+
+def _ring_pairs(world, rank, total, bounds, left, right):
+    """Per ring step (the K/V block of rank (rank - step) mod W): [(query half, key half, calls)] of the chunk
+    pairs with something to compute; fully masked pairs are left out."""
+    c = total // (2 * world)
+    mine = _layout(world, rank, total)[0]
+    steps = []
+    for step in range(world):
+        theirs = _layout(world, (rank - step) % world, total)[0]
+        pairs = []
+        for hq, gq in enumerate(mine):
+            for hk, gk in enumerate(theirs):
+                calls = _plan(gq * c, (gq + 1) * c, gk * c, (gk + 1) * c, bounds, left, right)
+                if calls:
+                    pairs.append((hq, hk, calls))
+        steps.append(pairs)
+    return steps
+
+
+def _shift(t, group, world, rank):
+    """Send ``t`` to the next rank of the ring, receive the previous rank's: (receive buffer, requests)."""
+    recv = torch.empty_like(t)
+    peer = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
+    ops = [dist.P2POp(dist.isend, t, peer((rank + 1) % world), group),
+           dist.P2POp(dist.irecv, recv, peer((rank - 1) % world), group)]
+    return recv, dist.batch_isend_irecv(ops)
+
+
+def _wait(requests):
+    for r in requests:
+        r.wait()
+
+
+class _RingAttention(torch.autograd.Function):
+    """Ring exchange: W steps; at step s this rank holds the K/V block (two chunks) of rank (r - s) mod W, sends it
+    on to rank r + 1 while computing its query chunks against it, and merges the partial results
+    (merge_attention_states, fp32). Only the local K/V and one block in flight are held: O(seqlen / W) K/V memory.
+    The backward runs the ring again: each step recomputes the pairs' gradients from the final out and lse
+    (attention_backward: P = exp(S - lse) is already normalized), dq stays here, and the block's dK/dV accumulator
+    travels with the block, arriving home after W shifts."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, dim, bounds, left, right, opts):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        c = q.shape[dim] // 2
+        steps = _ring_pairs(world, rank, c * 2 * world, bounds, left, right)
+        acc_dtype = _lse_dtype(q)
+        out_acc, lse_acc = [], []
+        for half in range(2):
+            outs, lses = [], []
+            _fill(outs, lses, q.narrow(dim, half * c, c), dim, c)
+            out_acc.append(outs[0].to(acc_dtype))
+            lse_acc.append(lses[0])
+        kv = torch.stack((k, v)).contiguous()
+        for step, pairs in enumerate(steps):
+            nxt, requests = _shift(kv, group, world, rank) if step < world - 1 else (None, [])
+            for hq, hk, calls in pairs:
+                out, lse = _attend(calls, q.narrow(dim, hq * c, c), kv[0].narrow(dim, hk * c, c),
+                                   kv[1].narrow(dim, hk * c, c), dim, opts)
+                out_acc[hq], lse_acc[hq] = merge_attention_states(out_acc[hq], lse_acc[hq], out.to(acc_dtype), lse)
+            _wait(requests)
+            kv = nxt
+        out, lse = torch.cat(out_acc, dim).to(q.dtype), torch.cat(lse_acc, -1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (group, dim, steps, opts)
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, dim, steps, (scale, softcap, backend) = ctx.args
+        if dout is None:  # only lse was used: it carries no gradient
+            return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)) + (None,) * 6
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        c = q.shape[dim] // 2
+        acc_dtype = _lse_dtype(q)
+        dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+        kv = torch.stack((k, v)).contiguous()
+        dkv = torch.zeros(kv.shape, dtype=acc_dtype, device=q.device)
+        for step, pairs in enumerate(steps):
+            nxt, requests = _shift(kv, group, world, rank) if step < world - 1 else (None, [])
+            for hq, hk, calls in pairs:
+                for call in calls:
+                    rows, keys = hq * c + call.q0, hk * c + call.k0
+                    n, m = call.q1 - call.q0, call.k1 - call.k0
+                    varlen = _varlen(call, q.device)
+                    grads = torch.ops.eurokernels.attention_backward(
+                        dout.narrow(dim, rows, n), q.narrow(dim, rows, n), kv[0].narrow(dim, keys, m),
+                        kv[1].narrow(dim, keys, m), out.narrow(dim, rows, n), lse.narrow(-1, rows, n),
+                        varlen["cu_seqlens_q"], varlen["cu_seqlens_k"], call.max_q or n, call.max_k or m, scale,
+                        call.window[0], call.window[1], softcap, backend)
+                    dq.narrow(dim, rows, n).add_(grads[0])
+                    dkv[0].narrow(dim, keys, m).add_(grads[1])
+                    dkv[1].narrow(dim, keys, m).add_(grads[2])
+            if world > 1:  # the block's gradient follows the block; after W shifts it is home
+                dkv, dkv_requests = _shift(dkv, group, world, rank)
+                _wait(dkv_requests)
+            _wait(requests)
+            kv = nxt
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None, None, None
 
 
 def _check_cu_seqlens(cu_seqlens, q, total):
