@@ -16,7 +16,12 @@ from .ops.linear_cross_entropy import linear_cross_entropy
 from .ops.softmax import log_softmax, softmax
 from .ops.vocab_parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 from .ops.swiglu import geglu, swiglu
+from .ops.merge_attention_states import merge_attention_states
+from .ops.context_parallel import context_parallel_attention, context_parallel_shard, context_parallel_unshard
 from . import cuda_sim, nn, reference
+
+if "torch.distributed.tensor" in __import__("sys").modules:  # else on the first DTensor an op sees (_checks)
+    from . import dtensor  # noqa: F401 -- the ops' sharding rules
 
 __all__ = ["BACKENDS", "default_backend", "use_backend", "manifest", "nn", "reference", "cuda_sim"] + [
     f for o in manifest.OPS for f in o.functions if "." not in f]  # tests/test_manifest.py: each is imported above

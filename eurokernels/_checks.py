@@ -13,12 +13,24 @@ def float_dtypes(backend):
 def check_tensor(name, t, *, dtypes=FLOAT_DTYPES, min_dim=None, dim=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if type(t) is not torch.Tensor and type(t).__name__ == "DTensor":
+        from . import dtensor  # noqa: F401 -- registers the ops' sharding rules, once (eurokernels/dtensor.py)
     if dtypes is not None and t.dtype not in dtypes:
         raise TypeError(f"{name}: expected dtype in ({', '.join(str(d) for d in dtypes)}), got {t.dtype}")
     if min_dim is not None and t.dim() < min_dim:
         raise ValueError(f"{name}: expected at least {min_dim} dimension(s), got shape {tuple(t.shape)}")
     if dim is not None and t.dim() != dim:
         raise ValueError(f"{name}: expected {dim} dimension(s), got shape {tuple(t.shape)}")
+
+
+def replicated_like(ref, *tensors):
+    """``tensors`` as Replicate DTensors on ``ref``'s mesh when ``ref`` is a DTensor and they are plain tensors (tables,
+    positions, cu_seqlens: the same on every rank by the caller's contract; DTensor refuses to mix the two kinds);
+    unchanged otherwise. None stays None."""
+    if type(ref) is torch.Tensor or type(ref).__name__ != "DTensor":
+        return tensors
+    from .dtensor import replicated_like as wrap
+    return wrap(ref, tensors)
 
 
 def check_same_device(name, t, ref_name, ref):

@@ -33,16 +33,21 @@ class Op:
         (cpu: eurokernels._C, cuda: eurokernels._cuda) or "module.attr" under eurokernels.triton. The reference
         backend is always there (eurokernels/reference.py); the op file passes its kernel-shaped adapter.
     benchmark: the module under benchmarks/ (``bench_<benchmark>.py``) timing it, or None when another op's covers it.
+    composite: the functions are plain PyTorch ops, no kernel of their own (no ``backend`` argument): they run on
+        every device, with the outputs of every backend.
     """
     name: str
     functions: tuple
     title: str
     kernels: dict = field(default_factory=dict)
     benchmark: str = None
+    composite: bool = False
 
     @property
     def backends(self):
-        """Every backend of the op, in BACKENDS order (the reference is always one)."""
+        """Every backend of the op, in BACKENDS order (the reference is always one; a composite op runs with all)."""
+        if self.composite:
+            return BACKENDS
         have = {"reference"}.union(*(set(k) for k in self.kernels.values()))
         return tuple(b for b in BACKENDS if b in have)
 
@@ -60,6 +65,8 @@ def _same(where):
     return {"cpu": cpu, "triton": triton, "cuda": cuda}
 
 
+_ATTENTION = {"forward": {"cpu": "attention_fwd", "triton": "attention.forward"},
+              "backward": {"cpu": "attention_bwd", "triton": "attention.backward"}}
 _CROSS_ENTROPY = {"forward_backward": _same(("cross_entropy_fwd_bwd", "cross_entropy.cross_entropy",
                                               "cross_entropy_fwd_bwd"))}
 
@@ -89,9 +96,12 @@ OPS = (
        benchmark="swiglu"),
     Op("attention", ("attention",),
        "fused attention (FlashAttention-2), causal / window / softcap / GQA / packed",
-       {"forward": {"cpu": "attention_fwd", "triton": "attention.forward"},
-        "backward": {"cpu": "attention_bwd", "triton": "attention.backward"}},
-       benchmark="attention"),
+       _ATTENTION, benchmark="attention"),
+    Op("merge_attention_states", ("merge_attention_states",),
+       "merge two partial attention results (out, lse) over disjoint keys (PyTorch ops, fp32 math)", composite=True),
+    # Context-parallel attention runs the attention kernels on each rank (timed in bench_attention).
+    Op("context_parallel", ("context_parallel_attention", "context_parallel_shard", "context_parallel_unshard"),
+       "context-parallel attention (load-balanced causal shards, ring or all-gather K/V), torch.distributed", _ATTENTION),
 )
 
 BY_NAME = {op.name: op for op in OPS}

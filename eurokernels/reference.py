@@ -340,12 +340,16 @@ def attention(q, k, v, causal=False, softmax_scale=None, window_size=(-1, -1), s
     return out, lse
 
 
-def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, softcap):
+def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, softcap, out=None, lse=None):
     """Gradients of one dense batch in fp32 math: dP = dO V^T, dS = P * (dP - rowsum(P * dP)) (times the softcap
-    derivative 1 - tanh^2), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO; GQA gradients summed over the group."""
+    derivative 1 - tanh^2), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO; GQA gradients summed over the group.
+
+    With ``out`` and ``lse`` ([b, hq, sq]) of a softmax over a larger key set that these keys are part of (ring
+    attention's blocks), P = exp(S - lse) and rowsum(P * dP) = rowsum(dO * out), as FlashAttention's backward
+    computes them: the gradients are this block's share of that attention's."""
     if k.shape[1] == 0 or q.shape[1] == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    p, t, _ = _attention_probs(q, k, scale, window_left, window_right, softcap, True)
+    p, t, lse_block = _attention_probs(q, k, scale, window_left, window_right, softcap, True)
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
     g = hq // hk
@@ -353,7 +357,13 @@ def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, s
     kf = up(k).transpose(1, 2).repeat_interleave(g, dim=1)
     vf = up(v).transpose(1, 2).repeat_interleave(g, dim=1)
     dp = dof @ vf.transpose(-1, -2)
-    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    if lse is None:
+        ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    else:  # the block's probabilities renormalized to the whole softmax (rows that see no key here stay 0)
+        lse_b, lse_all = lse_block[..., None], up(lse)[..., None]
+        seen = torch.isfinite(lse_b) & torch.isfinite(lse_all)
+        p = torch.where(seen, p * torch.exp(torch.where(seen, lse_b - lse_all, 0.0)), 0.0)
+        ds = p * (dp - (dof * up(out).transpose(1, 2)).sum(-1, keepdim=True))
     if t is not None:
         ds = ds * (1 - t * t)
     dq = scale * ds @ kf
@@ -363,18 +373,20 @@ def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, s
 
 
 def attention_backward(dout, q, k, v, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0,
-                       cu_seqlens_q=None, cu_seqlens_k=None):
-    """(dq, dk, dv) of attention() for the output gradient ``dout``; lse carries no gradient."""
+                       cu_seqlens_q=None, cu_seqlens_k=None, out=None, lse=None):
+    """(dq, dk, dv) of attention() for the output gradient ``dout``; lse carries no gradient. ``out`` and ``lse``
+    (attention()'s layouts): those of a softmax over more keys than k holds (see _dense_attention_backward)."""
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     left, right = window_size
     if causal:
         right = 0
     if cu_seqlens_q is None:
-        return _dense_attention_backward(dout, q, k, v, scale, left, right, softcap)
+        return _dense_attention_backward(dout, q, k, v, scale, left, right, softcap, out, lse)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for q0, q1, k0, k1 in _documents(cu_seqlens_q, cu_seqlens_k):
+        block = {} if lse is None else dict(out=out[None, q0:q1], lse=lse[None, :, q0:q1])
         g = _dense_attention_backward(dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], scale,
-                                      left, right, softcap)
+                                      left, right, softcap, **block)
         dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv
 

@@ -1,17 +1,12 @@
 """Vocab-parallel cross-entropy (logits and linear variants) over torch.distributed: gloo on CPU, 2 and 4 spawned
 ranks, each asserting that its loss, lse and gradients equal the single-rank ones."""
-import os
-import tempfile
-import time
-import traceback
-
 import pytest
 import torch
 
 import eurokernels as ek
+from multirank import run_ranks
 
 IGNORE = -100
-JOIN_TIMEOUT_S = 300  # a hung collective fails the test instead of hanging CI
 
 
 def _check_rank(rank, world, backend):
@@ -66,56 +61,9 @@ def _check_rank(rank, world, backend):
             ek.linear_cross_entropy(h, w, labels, bias=b, **kw), atol=1e-5, rtol=1e-5)
 
 
-def _worker(rank, world, tmp, backend):
-    """One rank. Its verdict goes to a file ("ok" or the traceback); then the process leaves with os._exit.
-
-    Why os._exit: gloo's teardown (destroy_process_group, or the C++ destructors at interpreter exit) aborted a rank
-    once in CI with "terminate called without an active exception" after every check had passed -- a race inside
-    torch/gloo, not in our op. So no rank tears gloo down: all ranks finish their collectives (barrier), meet once
-    more through the file system (no gloo traffic left in flight), write their verdict and exit without running
-    destructors. A failing check still fails the test: the verdict file carries the traceback."""
-    import torch.distributed as dist
-    torch.set_num_threads(1)  # up to 4 ranks share CI's 2 cores; oversubscribed OpenMP pools only slow gloo down
-    verdict = "ok"
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
-        _check_rank(rank, world, backend)
-        dist.barrier()
-    except BaseException:  # noqa: B036 -- every failure must reach the verdict file
-        verdict = traceback.format_exc()
-    with open(f"{tmp}/verdict.{rank}", "w") as f:
-        f.write(verdict)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(os.path.exists(f"{tmp}/verdict.{r}") for r in range(world)):
-        time.sleep(0.01)
-    os._exit(0 if verdict == "ok" else 1)
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_vocab_parallel_matches_single_rank(world):
-    import torch.multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_worker, args=(r, world, tmp, "cpu")) for r in range(world)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        for p in procs:
-            p.join(max(1.0, deadline - time.monotonic()))
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-        verdicts = {}
-        for r in range(world):
-            path = f"{tmp}/verdict.{r}"
-            verdicts[r] = open(path).read() if os.path.exists(path) else f"no verdict (exit code {procs[r].exitcode})"
-    assert not hung, f"ranks {hung} still running after {JOIN_TIMEOUT_S} s; verdicts: {verdicts}"
-    failed = {r: v for r, v in verdicts.items() if v != "ok"}
-    assert not failed, "\n".join(f"rank {r}:\n{v}" for r, v in failed.items())
-    # Every rank wrote "ok" and then left through os._exit(0): an exit code other than 0 is a crash after the checks.
-    assert [p.exitcode for p in procs] == [0] * world
+    run_ranks(_check_rank, world, "cpu")
 
 
 def test_vocab_parallel_errors():

@@ -60,6 +60,7 @@ import torch
 
 from .. import _checks, nn as _nn
 from ..ops.attention import attention as _attention
+from ..ops.context_parallel import context_parallel_attention as _context_parallel_attention
 from ..ops.linear_cross_entropy import linear_cross_entropy as _linear_cross_entropy
 from ..ops.rotary import apply_rotary as _apply_rotary
 from ..ops.swiglu import geglu as _geglu, swiglu as _swiglu
@@ -101,12 +102,14 @@ _STATE = "_eurokernels_patch"
 # Set by the patched top-level forward when it has found that the batch holds no packed documents, so that the
 # attention of each layer does not look at position_ids again (a host sync, and a graph break under compile).
 _UNPACKED = "eurokernels_unpacked"
+# Set by the patched top-level forward of a context-parallel model: the process group the attention runs over.
+_CONTEXT_PARALLEL = "eurokernels_context_parallel_group"
 # modeling module name -> (HF's apply_rotary_pos_emb, the patched models using ours). A set of models rather than a
 # count: reverting a deep copy of a patched model (not in the set) cannot restore HF's function under the original.
 _rotary_patches = {}
 
 
-def apply(model, *, rms_norm=True, rotary=True, attention=True, mlp=True, loss=True):
+def apply(model, *, rms_norm=True, rotary=True, attention=True, mlp=True, loss=True, context_parallel_group=None):
     """Make a Hugging Face causal LM (``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
     ``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``) run on eurokernels; returns the model, patched in place.
 
@@ -114,6 +117,15 @@ def apply(model, *, rms_norm=True, rotary=True, attention=True, mlp=True, loss=T
         model: the ``*ForCausalLM`` instance (any device and dtype the ops support).
         rms_norm, rotary, attention, mlp, loss: which parts to patch (see the module docstring for what each
             does).
+        context_parallel_group: a process group (needs ``attention=True``): the model then runs on this rank's
+            shard of every sequence (``eurokernels.context_parallel_shard`` of input_ids, dim 1) and its attention
+            is ``eurokernels.context_parallel_attention`` over the group. Pass ``position_ids`` (the shard of the
+            global positions: rotary needs them) and, for the loss, ``shift_labels`` (the shard of the labels
+            shifted on the whole sequence: a shard's last token predicts a token of another rank) with
+            ``num_items_in_batch`` (the non-ignored labels of the whole batch): each rank's loss is then its share,
+            the sum over the group the whole loss, and parameter gradients are to be summed over the group (as
+            data parallelism averages them). Packed documents: ``cu_seq_lens_q`` of the whole packed sequence
+            (batch 1). No padding mask.
 
     Raises ValueError for an unsupported model type or a model that is already patched. ``revert(model)`` undoes
     the patch.
@@ -129,8 +141,10 @@ def apply(model, *, rms_norm=True, rotary=True, attention=True, mlp=True, loss=T
                  not isinstance(model.get_output_embeddings(), torch.nn.Linear)):
         raise ValueError(f"model: loss=True needs a decoder at model.model and a Linear LM head "
                          f"({type(model).__name__} has neither)")
+    if context_parallel_group is not None and not attention:
+        raise ValueError("context_parallel_group: needs attention=True (the context-parallel attention is ours)")
     state = types.SimpleNamespace(norms=[], rotary_modules=[], attn_implementation=None, forward=False,
-                                  attention=False, loss=False, mlps=[])
+                                  attention=False, loss=False, mlps=[], context_parallel=context_parallel_group)
     if rms_norm:
         state.norms = _swap_norms(model)
     if mlp:
@@ -286,6 +300,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     options = dict(causal=bool(is_causal), softmax_scale=scaling, window_size=window,
                    softcap=float(softcap) if softcap else 0.0)
 
+    group = kwargs.get(_CONTEXT_PARALLEL)
+    if group is not None:
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is None:
+            return _context_parallel_attention(q, k, v, group=group, **options), None
+        out = _context_parallel_attention(q.reshape(b * s_q, h_q, d), k.reshape(b * s_k, *k.shape[2:]),
+                                          v.reshape(b * s_k, *v.shape[2:]), group=group,
+                                          cu_seqlens=cu.to(torch.int32), **options)
+        return out.view(b, s_q, h_q, d), None
     cu_q = kwargs.get("cu_seq_lens_q")
     if cu_q is None and attention_mask is None and not kwargs.get(_UNPACKED):
         documents = _packed_from_position_ids(kwargs.get("position_ids"), b, s_q, s_k)
@@ -355,7 +378,14 @@ def _causal_lm_forward(self, input_ids=None, attention_mask=None, position_ids=N
     ``position_ids`` once for all layers."""
     state = getattr(self, _STATE)
     tokens = input_ids if input_ids is not None else inputs_embeds
-    if state.attention and tokens is not None:  # (neither: HF's forward raises its own error)
+    if state.context_parallel is not None:
+        if attention_mask is not None:
+            raise ValueError("attention_mask: context parallelism takes no padding mask (pack the documents and pass "
+                             "cu_seq_lens_q of the whole packed sequence)")
+        if position_ids is None:
+            raise ValueError("position_ids: required with context parallelism (the shard's global positions)")
+        kwargs[_CONTEXT_PARALLEL] = state.context_parallel
+    elif state.attention and tokens is not None:  # (neither: HF's forward raises its own error)
         _find_documents(kwargs, position_ids, attention_mask, past_key_values, tokens.shape[0], tokens.shape[1])
     keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
     if not state.loss or labels is None or not keep_all:

@@ -141,3 +141,12 @@ def rows_2d(logits, labels):
 
 def flat(t):
     return None if t is None else t.reshape(-1).float().contiguous()
+
+
+def vocab_sharded_dtensor(t, dim):
+    """Whether ``t`` is a DTensor sharded along ``dim`` (the vocabulary): the losses then run the vocab-parallel
+    algorithm (eurokernels/dtensor.py, imported only once a DTensor is seen)."""
+    if type(t) is torch.Tensor or type(t).__name__ != "DTensor":
+        return False
+    from .. import dtensor
+    return dtensor.vocab_sharded(t, dim) is not None

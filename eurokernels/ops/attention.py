@@ -57,20 +57,9 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
         backend, for a given number of threads, which decides how a GQA group's dK/dV is split before a
         fixed-order sum).
     """
-    _checks.check_tensor("q", q, dtypes=None)
-    backend = _backend.resolve(backend, q)
-    dtypes = _checks.float_dtypes(backend)
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    _check_qkv(q, k, v, varlen, dtypes)
-    left, right = _check_window(window_size)
-    if causal not in (True, False):
-        raise TypeError(f"causal: expected a bool, got {causal!r}")
-    if causal:
-        right = 0
-    if softmax_scale is None:
-        softmax_scale = q.shape[-1] ** -0.5
-    _checks.check_number("softmax_scale", softmax_scale)
-    _checks.check_number("softcap", softcap, min_value=0.0)
+    backend, softmax_scale, left, right = check_args(q, k, v, varlen, causal, softmax_scale, window_size, softcap,
+                                                     backend)
     if varlen:
         max_seqlen_q = _check_varlen("q", q, cu_seqlens_q, max_seqlen_q)
         max_seqlen_k = _check_varlen("k", q, cu_seqlens_k, max_seqlen_k)
@@ -82,9 +71,28 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
             if value is not None:
                 raise ValueError(f"{name}: only meaningful with cu_seqlens (the packed form); leave it None")
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+    cu_seqlens_q, cu_seqlens_k = _checks.replicated_like(q, cu_seqlens_q, cu_seqlens_k)
     out, lse = torch.ops.eurokernels.attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                float(softmax_scale), left, right, float(softcap), backend)
     return (out, lse) if return_lse else out
+
+
+def check_args(q, k, v, varlen, causal, softmax_scale, window_size, softcap, backend):
+    """The checks of attention()'s arguments (context_parallel_attention takes the same): returns the resolved
+    backend, the softmax scale and the window (causal folded in as right = 0)."""
+    _checks.check_tensor("q", q, dtypes=None)
+    backend = _backend.resolve(backend, q)
+    _check_qkv(q, k, v, varlen, _checks.float_dtypes(backend))
+    left, right = _check_window(window_size)
+    if causal not in (True, False):
+        raise TypeError(f"causal: expected a bool, got {causal!r}")
+    if causal:
+        right = 0
+    if softmax_scale is None:
+        softmax_scale = q.shape[-1] ** -0.5
+    _checks.check_number("softmax_scale", softmax_scale)
+    _checks.check_number("softcap", softcap, min_value=0.0)
+    return backend, softmax_scale, left, right
 
 
 def _check_qkv(q, k, v, varlen, dtypes):
@@ -186,8 +194,9 @@ def _reference_forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, so
 
 
 def _reference_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
+    # from out and lse, as the kernels: the backward of a block of a larger softmax (ring attention) is its share
     grads = ref.attention_backward(dout, q, k, v, softmax_scale=scale, window_size=(left, right), softcap=softcap,
-                                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+                                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, out=out, lse=lse)
     return tuple(g.contiguous() for g in grads)
 
 

@@ -35,7 +35,8 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op
-from ._ce_core import KERNELS, check_loss_args, check_weighting, finish, flat, reduce_loss, rows_2d
+from ._ce_core import (KERNELS, check_loss_args, check_weighting, finish, flat, reduce_loss, rows_2d,
+                       vocab_sharded_dtensor)
 
 
 def cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
@@ -65,6 +66,12 @@ def cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_l
         ``loss`` (computed in fp32), or ``(loss, lse)`` with ``return_lse``.
     """
     _checks.check_tensor("logits", logits, dtypes=None, min_dim=1)
+    if vocab_sharded_dtensor(logits, -1):
+        from .. import dtensor
+        return dtensor.cross_entropy(logits, labels, dict(
+            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+            reduction=reduction, return_lse=return_lse, token_weights=token_weights, loss_dtype=loss_dtype,
+            backend=backend))
     backend = _backend.resolve(backend, logits)
     softcap = check_loss_args(logits, labels, ignore_index, label_smoothing, z_loss, softcap, reduction,
                               _checks.float_dtypes(backend))

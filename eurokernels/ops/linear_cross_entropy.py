@@ -48,7 +48,7 @@ from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op
 from ._ce_core import (KERNELS, check_labels_on_cpu, check_lm_head, check_loss_args, check_weighting, finish,
-                       reduce_loss, row_scale)
+                       reduce_loss, row_scale, vocab_sharded_dtensor)
 from ._ce_tiling import (DEFAULT_CHUNKS, FORWARD_GRAD_CHUNK_ELEMENTS, chunks, forward_with_grads, scaled,
                          tiled_backward, tiled_forward)
 
@@ -81,6 +81,12 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
         hidden, weight, bias.
     """
     _checks.check_tensor("hidden", hidden, dtypes=None, min_dim=1)
+    if vocab_sharded_dtensor(weight, 0):  # a column-wise parallel LM head (tensor parallelism)
+        from .. import dtensor
+        return dtensor.linear_cross_entropy(hidden, weight, labels, dict(
+            bias=bias, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+            reduction=reduction, return_lse=return_lse, chunk_size=chunk_size, token_weights=token_weights,
+            loss_dtype=loss_dtype, backend=backend))
     backend = _backend.resolve(backend, hidden)
     dtypes = _checks.float_dtypes(backend)
     check_lm_head(hidden, weight, bias, dtypes)

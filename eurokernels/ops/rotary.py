@@ -52,6 +52,7 @@ def apply_rotary(q, k, cos, sin, *, position_ids=None, cu_seqlens=None, interlea
     position_ids, cu_seqlens = _check(q, k, cos, sin, position_ids, cu_seqlens, interleaved, inplace,
                                       _checks.float_dtypes(backend))
     cos, sin = cos.contiguous(), sin.contiguous()
+    cos, sin, position_ids, cu_seqlens = _checks.replicated_like(q, cos, sin, position_ids, cu_seqlens)
     if not inplace:
         return torch.ops.eurokernels.rotary(q, k, cos, sin, position_ids, cu_seqlens, interleaved, False, backend)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
