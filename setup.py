@@ -91,7 +91,8 @@ def sanitizer_flags():
     fails on the first one. Run with the runtime preloaded (README, "Reliability")."""
     if os.environ.get("EUROKERNELS_SANITIZE", "0") in ("", "0"):
         return [], []
-    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    # -O1 (it comes last, so it wins): the usual sanitizer level, and it halves CI's compile time of this build
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
     return flags, ["-fsanitize=address,undefined"]
 
 

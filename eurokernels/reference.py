@@ -85,6 +85,9 @@ def swiglu(gate, up=None, activation="silu"):
         a = torch.nn.functional.silu(g)
     else:
         a = torch.nn.functional.gelu(g, approximate="tanh" if activation == "gelu_tanh" else "none")
+        # PyTorch's exact GELU gives NaN at +inf on CPU; the limit is +inf, which its tanh form and every kernel
+        # here give (the one place the reference departs from torch.nn.functional).
+        a = torch.where(g == float("inf"), g, a)
     return (a * u).to(gate.dtype)
 
 
@@ -361,7 +364,8 @@ def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, s
         ds = p * (dp - (p * dp).sum(-1, keepdim=True))
     else:  # the block's probabilities renormalized to the whole softmax (rows that see no key here stay 0)
         lse_b, lse_all = lse_block[..., None], up(lse)[..., None]
-        seen = torch.isfinite(lse_b) & torch.isfinite(lse_all)
+        # -inf: no key seen; a NaN lse (a NaN score) must stay NaN, as PyTorch's autograd gives
+        seen = (lse_b != float("-inf")) & (lse_all != float("-inf"))
         p = torch.where(seen, p * torch.exp(torch.where(seen, lse_b - lse_all, 0.0)), 0.0)
         ds = p * (dp - (dof * up(out).transpose(1, 2)).sum(-1, keepdim=True))
     if t is not None:

@@ -44,6 +44,10 @@ def _empty(*shape, dtype, device):
     return t
 
 
+def _bad_labels(labels, ignore_index, vocab_total):
+    return (labels != ignore_index) & ((labels < 0) | (labels >= vocab_total))
+
+
 def _tile_logits(h, weight, bias, c0, c1, out):
     w = weight[c0:c1]
     return torch.addmm(bias[c0:c1], h, w.t(), out=out) if bias is not None else torch.mm(h, w.t(), out=out)
@@ -79,6 +83,10 @@ def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, voc
             else:
                 m, lin = torch.logaddexp(m, lse_c), lin + lin_c
         valid = lab != ignore_index
+        # A label outside [0, vocab_total) is no tile's, so nothing above sees it: NaN for that token, as the
+        # cross-entropy kernels give on a GPU (a silently finite loss before; tests/test_fuzz.py). The cpu backend's
+        # kernel raises instead.
+        m = torch.where(_bad_labels(lab, ignore_index, vocab_total), float("nan"), m)
         lse[t0:t1] = m
         # lin is -lse_tile on ignored rows (the kernel zeroes their loss): mask them, keep NaN of bad labels.
         loss[t0:t1] = torch.where(valid, m + z_loss * m * m + lin, 0.0)
@@ -94,7 +102,11 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
     n, (v, hdim) = hidden2.shape[0], weight.shape
     vocab_total = v if vocab_total is None else vocab_total
     dev, dt = hidden2.device, hidden2.dtype
+    dloss = torch.where(_bad_labels(labels1, ignore_index, vocab_total), float("nan"), dloss)  # as in the forward
     dh = torch.zeros(hidden2.shape, dtype=torch.float32, device=dev)
+    if n == 0:  # no token chunk writes them (an uninitialized d_weight came back before; tests/test_fuzz.py)
+        return dh if fp32_dh else dh.to(dt), torch.zeros_like(weight), (
+            torch.zeros_like(bias) if bias is not None else weight.new_empty(0))
     dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
     db = torch.empty_like(bias) if bias is not None else weight.new_empty(0)
     tn, tv = min(n, token_chunk), min(v, vocab_chunk)
@@ -139,12 +151,13 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
     ignore_index, label_smoothing, z_loss, softcap = opts
     n, (v, hdim) = hidden2.shape[0], weight.shape
     dev, dt = hidden2.device, hidden2.dtype
+    row_scale = torch.where(_bad_labels(labels1, ignore_index, v), float("nan"), row_scale)  # as in tiled_forward
     loss = torch.zeros((), dtype=torch.float32, device=dev)
     dh = _empty(hidden2.shape, dtype=dt, device=dev)
     one_chunk = n <= token_chunk
     # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
     # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
-    dw = _empty(weight.shape, dtype=weight.dtype, device=dev)
+    dw = (torch.zeros if n == 0 else _empty)(weight.shape, dtype=weight.dtype, device=dev)  # n = 0: no chunk writes it
     acc = None if one_chunk else _empty(weight.shape, dtype=torch.float32, device=dev)
     db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
     slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries

@@ -35,8 +35,8 @@ import torch
 from .. import _backend, _checks
 from .. import reference as ref
 from .._registry import define_op
-from ._ce_core import (KERNELS, check_loss_args, check_weighting, finish, flat, reduce_loss, rows_2d,
-                       vocab_sharded_dtensor)
+from ._ce_core import (KERNELS, check_loss_args, check_weighting, finish, flat, reduce_loss,
+                       rows_2d, vocab_sharded_dtensor)
 
 
 def cross_entropy(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,

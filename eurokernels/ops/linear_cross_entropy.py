@@ -63,7 +63,9 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     Args:
         hidden: ``[..., H]`` float32 / bfloat16 / float16.
         weight: ``[V, H]``, the LM head (same dtype as hidden). bias: ``[V]`` or None.
-        labels: ``[...]`` (hidden's leading shape) int64 / int32 class indices, or ignore_index.
+        labels: ``[...]`` (hidden's leading shape) int64 / int32 class indices, or ignore_index. A label outside
+            [0, V): a ValueError on the cpu and reference backends; on triton / cuda (no host sync) that token's
+            loss and lse are NaN, and so are the gradients, as eurokernels.cross_entropy's kernels do.
         ignore_index, label_smoothing, z_loss, softcap, reduction, return_lse, token_weights, loss_dtype: as in
             eurokernels.cross_entropy.
         chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (4096, 8192).
