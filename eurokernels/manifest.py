@@ -89,8 +89,8 @@ OPS = (
        benchmark="swiglu"),
     Op("attention", ("attention",),
        "fused attention (FlashAttention-2), causal / window / softcap / GQA / packed",
-       {"forward": {"cpu": "attention_fwd", "triton": "attention.forward"},
-        "backward": {"cpu": "attention_bwd", "triton": "attention.backward"}},
+       {"forward": _same(("attention_fwd", "attention.forward", "attention_fwd")),
+        "backward": _same(("attention_bwd", "attention.backward", "attention_bwd"))},
        benchmark="attention"),
 )
 

@@ -84,13 +84,13 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             mx = std::max(mx, s[j]);
           }
         }
-        const float m_new = std::max(B.m[r], mx);
+        const float alpha = math::online_step(B.m[r], mx, [](float x) { return std::exp(x); });
         CT* p = B.p.data() + r * kFwdBK;
-        if (m_new == -kInf) {  // nothing visible to this row yet
+        if (B.m[r] == -kInf) {  // nothing visible to this row yet
           std::fill(p, p + kFwdBK, CT(0.f));
           continue;
         }
-        const Vec vm(m_new);
+        const Vec vm(B.m[r]);
         Vec vsum(0.f);
         for (int64_t j = 0; j < kFwdBK; j += Vec::size()) {
           Vec e = cpu::exp(Vec::loadu(s + j) - vm);
@@ -98,9 +98,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           e.store(s + j);
         }
         store_row(s, kFwdBK, p);
-        const float alpha = std::exp(B.m[r] - m_new);  // 0 when the row saw nothing before
         B.l[r] = B.l[r] * alpha + at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
-        B.m[r] = m_new;
         if (alpha != 1.f) {
           float* o = B.o.data() + r * d;
           const Vec va(alpha);
@@ -113,7 +111,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const float l = B.l[r], inv = l > 0 ? 1.f / l : 0.f;
       T* o = O + ((doc.q0 + i0 + r) * hq + h) * d;
       for (int64_t c = 0; c < d; ++c) o[c] = static_cast<T>(B.o[r * d + c] * inv);
-      L[h * total_q + doc.q0 + i0 + r] = l > 0 ? B.m[r] + std::log(l) : -kInf;
+      L[h * total_q + doc.q0 + i0 + r] = math::row_lse(B.m[r], l, [](float x) { return std::log(x); });
     }
   });
 }
