@@ -90,10 +90,20 @@ def test_cuda_entry_points_check_what_the_cpu_ones_check():
         ("cross_entropy_fwd_bwd", (x[:, :0], torch.full((3,), IGNORE), None, None, None, None, IGNORE, 0.0, 0.0, 0.0, 0, 0),
          "at least one class"),
     ]
+    q, k = torch.randn(6, 2, 16, dtype=torch.bfloat16), torch.randn(6, 1, 16, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    attn = (cu, cu, 6, 6, 0.25, -1, 0, 0.0)
+    cases += [
+        ("attention_fwd", (q, k[..., :8], k[..., :8], *attn), "head_dim must match"),
+        ("attention_bwd", (q, q, k, k, q, torch.zeros(6, 2), *attn), r"lse must be \[hq, total_q\]"),
+    ]
     for name, args, message in cases:
         for module in (cpu, sim):
             with pytest.raises(RuntimeError, match=message):
                 getattr(module, name)(*args)
+    # Only the cuda kernels take 16-bit inputs only (tensor cores): float32 is refused by name.
+    with pytest.raises(TypeError, match="q must be float16 or bfloat16"):
+        sim.attention_fwd(q.float(), k.float(), k.float(), *attn)
     # An empty hidden size: no kernel runs, and rstd is still written (1 / sqrt(eps)), as on CPU.
     empty = torch.randn(3, 0)
     torch.testing.assert_close(sim.rms_norm_fwd(empty, None, None, 1e-6, 0.0, 0)[2],
