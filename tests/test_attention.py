@@ -211,6 +211,28 @@ def test_no_key_rows_are_zero(device, backend):
     assert torch.all(leaves[0].grad[:, :12] == 0) and all(torch.isfinite(t.grad).all() for t in leaves)
 
 
+def test_keys_outside_the_band_are_never_read(device, backend):
+    # 64 queries, 256 keys, causal with a 16-key window: no query sees keys 0..175, so the key tiles 0..127 (every
+    # backend's tiles are <= 128 keys) must be skipped, not loaded and masked. NaN there would poison anything that
+    # multiplies them (0 * NaN = NaN): the result must equal that with zeros, bitwise, and be finite. (The
+    # reference, which forms every score and so fails this, is the negative control that the check bites.)
+    if backend == "reference":
+        pytest.skip("the reference materializes every score (the oracle, not a tiled kernel)")
+    q, k, v, _ = make(device, torch.bfloat16 if not interpreted(device, backend) else torch.float16, sq=64, sk=256,
+                      hq=2, hk=1, d=32)
+    runs = []
+    for fill in (0.0, float("nan")):
+        kf, vf = k.clone(), v.clone()
+        kf[:, :128] = fill
+        vf[:, :128] = fill
+        leaves = [t.clone().requires_grad_() for t in (q, kf, vf)]
+        out = ek.attention(*leaves, causal=True, window_size=(16, -1), backend=backend)
+        out.float().square().sum().backward()
+        runs.append([out] + [t.grad for t in leaves])
+    for zeros, nans in zip(*runs):
+        assert torch.isfinite(nans).all() and torch.equal(zeros, nans)
+
+
 def test_softmax_properties(device, backend):
     # Shift invariance along keys: adding a constant vector c to every key shifts each score row by q.c, which the
     # softmax ignores; and v = ones gives out = 1 for every row that sees a key.
