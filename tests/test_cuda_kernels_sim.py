@@ -238,14 +238,15 @@ def test_every_softmax_and_cross_entropy_instantiation():
 def test_every_attention_instantiation():
     # Each (dtype, head-dim class) forward / dQ / dK-dV kernel and the delta pre-pass, against the fp64 reference,
     # under sm_80's shared-memory opt-in limit (163 KB; the sim refuses a launch past it, as the GPU does). Head
-    # dims 40 / 72 / 136 run in the 64 / 128 / 256 classes with padded columns; 256 fills its class.
+    # dims 8 / 40, 72, 136 / 248 run in the 64 / 128 / 256 classes with padded columns (8: one 16-column step,
+    # half of it padding); 256 fills its class.
     from test_attention import check_against_reference, make
     def case(dtype, d):
         def run():
             q, k, v, _ = make("cpu", dtype, sq=20, sk=27, hq=2, hk=1, d=d)
             check_against_reference("cuda", q, k, v, causal=True)
         return run
-    cases = [case(t, d) for t in (torch.float16, torch.bfloat16) for d in (40, 72, 136, 256)]
+    cases = [case(t, d) for t in (torch.float16, torch.bfloat16) for d in (8, 40, 72, 136, 248, 256)]
     with cuda_sim.arch(80):
         for family in ("attention_fwd_kernel", "attention_bwd_dq_kernel", "attention_bwd_dkdv_kernel",
                        "attention_bwd_delta_kernel"):
