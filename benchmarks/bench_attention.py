@@ -12,6 +12,9 @@ forward + backward = 3.5 x that (the backward's five matmuls are 2.5 x the forwa
 Peak memory (harness.peak_memory_mb): on CPU, the rise of the process's resident-set high-water mark during one
 call, which counts every allocation (PyTorch's, oneDNN's and the kernels' own buffers).
 
+Providers: eurokernels[cpu] on CPU; eurokernels[triton] and eurokernels[cuda] (the CUDA C++ FlashAttention-2, when
+the extension is built) on a GPU — harness.our_backends; the simulated cuda backend is a test tool, never timed.
+
 Run: `python -m benchmarks.run --ops attention`, or `pytest benchmarks/bench_attention.py`.
 """
 import functools

@@ -65,8 +65,8 @@ def _same(where):
     return {"cpu": cpu, "triton": triton, "cuda": cuda}
 
 
-_ATTENTION = {"forward": {"cpu": "attention_fwd", "triton": "attention.forward"},
-              "backward": {"cpu": "attention_bwd", "triton": "attention.backward"}}
+_ATTENTION = {"forward": _same(("attention_fwd", "attention.forward", "attention_fwd")),
+              "backward": _same(("attention_bwd", "attention.backward", "attention_bwd"))}
 _CROSS_ENTROPY = {"forward_backward": _same(("cross_entropy_fwd_bwd", "cross_entropy.cross_entropy",
                                               "cross_entropy_fwd_bwd"))}
 

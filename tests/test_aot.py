@@ -201,7 +201,9 @@ MAX_THREADS = {"rms_norm::rms_norm_fwd_kernel": 1024, "rms_norm::rms_norm_bwd_ke
                "rms_norm::sum_partials_kernel": 256, "rotary::rotary_kernel": 256,
                "softmax::softmax_fwd_kernel": 512, "softmax::softmax_bwd_kernel": 512,
                "cross_entropy::cross_entropy_kernel": 512, "swiglu::swiglu_fwd_kernel": 256,
-               "swiglu::swiglu_bwd_kernel": 256, "testing::mma_fragments_kernel": 32,
+               "swiglu::swiglu_bwd_kernel": 256, "attention::attention_fwd_kernel": 128,
+               "attention::attention_bwd_dq_kernel": 128, "attention::attention_bwd_dkdv_kernel": 256,
+               "attention::attention_bwd_delta_kernel": 256, "testing::mma_fragments_kernel": 32,
                "testing::mma_ldmatrix_kernel": 32, "testing::ldmatrix_kernel": 32, "testing::cp_async_kernel": 32}
 
 
@@ -223,3 +225,36 @@ def test_cuda_softmax_kernels_every_dispatch_target(inspection):
 
 def test_cuda_swiglu_kernels_every_dispatch_target(inspection):
     _assert_every_dispatch_target(inspection, "swiglu", ("0", "1", "2"))  # flag: the activation (swiglu_common.h)
+
+
+def test_cuda_attention_every_instantiation(inspection):
+    """Every (kernel, dtype, head-dim class) of the CUDA attention for sm_80 and sm_90: tensor-core MMA (HMMA) in
+    the SASS, no local memory at all (no LDL/STL instruction, LOCAL 0, STACK 0), static + dynamic shared memory
+    within the arch's opt-in limit, registers reported."""
+    rows = [r for r in _cuda_rows(inspection) if r["kernel"].startswith("attention::")]
+    for arch in aot.CUDA_ARCHS:
+        configs = {(r["kernel"], r["config"]): r for r in rows if r["target"] == arch}
+        for dtype in ("__half", "__nv_bfloat16"):
+            assert ("attention::attention_bwd_delta_kernel", f"<{dtype}>") in configs, (arch, sorted(configs))
+            for kernel in ("attention_fwd_kernel", "attention_bwd_dq_kernel", "attention_bwd_dkdv_kernel"):
+                for d in (64, 128, 256):
+                    key = (f"attention::{kernel}", f"<{dtype}, {d}>")
+                    assert key in configs, f"{key} not in the {arch} cubins: {sorted(configs)}"
+                    r = configs[key]
+                    facts = (key, arch, r["mma"], r["local_insns"], r["spills"], r["stack"], r["shared"])
+                    assert r["mma"].get("HMMA", 0) > 0, facts
+                    assert r["local_insns"] == 0 and r["spills"] == 0 and r["stack"] == 0, facts
+                    assert r["shared_dynamic"] and r["shared"] <= aot.SHARED_LIMIT[arch], facts
+                    assert r["registers"] > 0, facts
+
+
+def test_sass_local_instructions_are_counted():
+    # Spills and stack arrays show as LDL / STL (predicated or not), which the attention check refuses; global and
+    # shared accesses do not count.
+    sass = """
+        /*0070*/                   STL.64 [R1], R2 ;
+        /*0080*/              @!P0 LDL R4, [R1+0x8] ;
+        /*0090*/                   LDG.E.128 R4, [R2.64] ;
+        /*00a0*/                   LDSM.16.M88.4 R8, [R3] ;
+    """
+    assert aot.sass_local_insns(sass) == 2

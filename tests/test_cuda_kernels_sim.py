@@ -90,10 +90,20 @@ def test_cuda_entry_points_check_what_the_cpu_ones_check():
         ("cross_entropy_fwd_bwd", (x[:, :0], torch.full((3,), IGNORE), None, None, None, None, IGNORE, 0.0, 0.0, 0.0, 0, 0),
          "at least one class"),
     ]
+    q, k = torch.randn(6, 2, 16, dtype=torch.bfloat16), torch.randn(6, 1, 16, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 6], dtype=torch.int32)
+    attn = (cu, cu, 6, 6, 0.25, -1, 0, 0.0)
+    cases += [
+        ("attention_fwd", (q, k[..., :8], k[..., :8], *attn), "head_dim must match"),
+        ("attention_bwd", (q, q, k, k, q, torch.zeros(6, 2), *attn), r"lse must be \[hq, total_q\]"),
+    ]
     for name, args, message in cases:
         for module in (cpu, sim):
             with pytest.raises(RuntimeError, match=message):
                 getattr(module, name)(*args)
+    # Only the cuda kernels take 16-bit inputs only (tensor cores): float32 is refused by name.
+    with pytest.raises(TypeError, match="q must be float16 or bfloat16"):
+        sim.attention_fwd(q.float(), k.float(), k.float(), *attn)
     # An empty hidden size: no kernel runs, and rstd is still written (1 / sqrt(eps)), as on CPU.
     empty = torch.randn(3, 0)
     torch.testing.assert_close(sim.rms_norm_fwd(empty, None, None, 1e-6, 0.0, 0)[2],
@@ -223,3 +233,43 @@ def test_every_softmax_and_cross_entropy_instantiation():
         for family in families:
             namespace = "cross_entropy" if family.startswith("cross") else "softmax"
             _run_family(f"eurokernels::{namespace}::{family}", cases)
+
+
+def test_every_attention_instantiation():
+    # Each (dtype, head-dim class) forward / dQ / dK-dV kernel and the delta pre-pass, against the fp64 reference,
+    # under sm_80's shared-memory opt-in limit (163 KB; the sim refuses a launch past it, as the GPU does). Head
+    # dims 8 / 40, 72, 136 / 248 run in the 64 / 128 / 256 classes with padded columns (8: one 16-column step,
+    # half of it padding); 256 fills its class.
+    from test_attention import check_against_reference, make
+    def case(dtype, d):
+        def run():
+            q, k, v, _ = make("cpu", dtype, sq=20, sk=27, hq=2, hk=1, d=d)
+            check_against_reference("cuda", q, k, v, causal=True)
+        return run
+    cases = [case(t, d) for t in (torch.float16, torch.bfloat16) for d in (8, 40, 72, 136, 248, 256)]
+    with cuda_sim.arch(80):
+        for family in ("attention_fwd_kernel", "attention_bwd_dq_kernel", "attention_bwd_dkdv_kernel",
+                       "attention_bwd_delta_kernel"):
+            _run_family(f"eurokernels::attention::{family}", cases)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES[1:])
+def test_attention_under_every_schedule(schedule):
+    # The attention kernels share tiles through shared memory (cp.async double buffering, P^T / dS^T staged for the
+    # dK/dV products): bitwise the same forward and gradients under every interleaving of a block's threads.
+    q, k, v, extra = make_attention_inputs()
+    results = []
+    for spec in ("rr", schedule):
+        with cuda_sim.schedule(spec):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = ek.attention(*leaves, causal=True, window_size=(40, -1), softcap=3.0, backend="cuda", **extra)
+            grads = torch.autograd.grad(out.float().square().sum(), leaves)
+            results.append((out, *grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def make_attention_inputs():
+    # Two documents: the second spans two 64-key tiles (a prefetch into the second buffer), GQA 2/1.
+    from test_attention import make
+    return make("cpu", torch.bfloat16, lens_q=[9, 90], hq=2, hk=1, d=32)

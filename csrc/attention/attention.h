@@ -22,4 +22,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& do
                                                             int64_t max_seqlen_k, double softmax_scale,
                                                             int64_t window_left, int64_t window_right, double softcap);
 
+// The same on the CUDA kernels (attention_cuda.cpp; float16 / bfloat16 only): deterministic, no atomics.
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k,
+                                                int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
+                                                int64_t window_left, int64_t window_right, double softcap);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& dout, const at::Tensor& q,
+                                                             const at::Tensor& k, const at::Tensor& v,
+                                                             const at::Tensor& out, const at::Tensor& lse,
+                                                             const at::Tensor& cu_seqlens_q,
+                                                             const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                                                             int64_t max_seqlen_k, double softmax_scale,
+                                                             int64_t window_left, int64_t window_right,
+                                                             double softcap);
+
 }  // namespace eurokernels::attention

@@ -136,7 +136,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
           continue;
         }
         const float l = L[h * total_q + doc.q0 + i];
-        B.lse[i] = l == -kInf ? kInf : l;
+        B.lse[i] = math::backward_lse(l);
         const T* o = OUT.row(doc.q0 + i, h);
         const T* g_ = DO.row(doc.q0 + i, h);
         float acc = 0.f;
@@ -163,7 +163,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
               const Vec x = score(Vec::loadu(s + c), t);
               const Vec p = cpu::exp(x - Vec::loadu(B.lse.data() + i0 + c));
               Vec ds = p * (Vec::loadu(dp + c) - Vec::loadu(B.delta.data() + i0 + c));
-              if (softcap > 0) ds = ds * (vone - t * t);
+              if (softcap > 0) ds = ds * math::softcap_grad(t, vone);
               p.store(s + c);
               ds.store(dp + c);
             }

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention/attention_math.h"
 #include "common.h"
 #include "cpu_exp.h"
 #include "cpu_vec.h"
@@ -36,12 +37,6 @@ using cpu::Vec;
 using BF16 = at::BFloat16;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// max that keeps a NaN (std::max(-inf, NaN) is -inf): a NaN score must reach the row's sum and make the output NaN,
-// as PyTorch's softmax does, instead of reading as "no visible key".
-inline float max_nan(float a, float b) {
-  return std::isnan(a) || std::isnan(b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
-}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -137,7 +132,7 @@ struct Scores {
     Vec x = s * scale;
     if (has_cap) {
       t = (x * inv_cap).tanh();
-      x = cap * t;
+      x = math::softcap_score(t, cap);
     }
     return x;
   }
@@ -145,34 +140,30 @@ struct Scores {
 
 // ---- masks ------------------------------------------------------------------------------------------------------
 
-// Keys query i of a document sees: [lo(i), hi(i)], aligned bottom-right (query i sits at key i + sk - sq).
-struct Window {
-  int64_t sq, sk, left, right, bq, bk;  // bq x bk: the block shape
-  int64_t lo(int64_t i) const { return left < 0 ? 0 : std::max<int64_t>(0, i + sk - sq - left); }
-  int64_t hi(int64_t i) const { return right < 0 ? sk - 1 : std::min<int64_t>(sk - 1, i + sk - sq + right); }
-  bool visible(int64_t i, int64_t j) const { return i < sq && j < sk && j >= lo(i) && j <= hi(i); }
+// A document's band (math::Band: which keys each query sees, shared with the CUDA kernels) cut into bq x bk blocks.
+struct Window : math::Band<int64_t> {
+  int64_t bq, bk;  // the block shape
+  Window(int64_t sq_, int64_t sk_, int64_t left_, int64_t right_, int64_t bq_, int64_t bk_)
+      : math::Band<int64_t>{sq_, sk_, left_, right_}, bq(bq_), bk(bk_) {}
 
   enum Kind { kSkip, kFull, kPartial };
   // Rows [i0, i0 + bq) x keys [j0, j0 + bk), padding included.
   Kind classify(int64_t i0, int64_t j0) const {
-    const int64_t ie = std::min(i0 + bq, sq) - 1, je = std::min(j0 + bk, sk) - 1;
-    if (ie < i0 || je < j0 || j0 > hi(ie) || je < lo(i0)) return kSkip;
-    const bool full = i0 + bq <= sq && j0 + bk <= sk && lo(ie) <= j0 && hi(i0) >= je;
-    return full ? kFull : kPartial;
+    int64_t a, b;
+    if (!keys_of(i0, i0 + bq, &a, &b) || j0 >= b || j0 + bk <= a) return kSkip;
+    return full(i0, i0 + bq, j0, j0 + bk) ? kFull : kPartial;
   }
   // Key blocks a query block may see, [first, last).
   std::pair<int64_t, int64_t> key_blocks(int64_t i0) const {
-    const int64_t ie = std::min(i0 + bq, sq) - 1;
-    if (ie < i0 || sk == 0 || hi(ie) < lo(i0)) return {0, 0};
-    return {lo(i0) / bk, hi(ie) / bk + 1};
+    int64_t a, b;
+    if (!keys_of(i0, i0 + bq, &a, &b)) return {0, 0};
+    return {a / bk, (b - 1) / bk + 1};
   }
   // Query blocks that may see a key block, [first, last).
   std::pair<int64_t, int64_t> query_blocks(int64_t j0) const {
-    const int64_t je = std::min(j0 + bk, sk) - 1;
-    const int64_t imin = right < 0 ? 0 : std::max<int64_t>(0, j0 - (sk - sq) - right);
-    const int64_t imax = left < 0 ? sq - 1 : std::min<int64_t>(sq - 1, je - (sk - sq) + left);
-    if (imax < imin || je < j0) return {0, 0};
-    return {imin / bq, imax / bq + 1};
+    int64_t a, b;
+    if (!queries_of(j0, j0 + bk, &a, &b)) return {0, 0};
+    return {a / bq, (b - 1) / bq + 1};
   }
 };
 

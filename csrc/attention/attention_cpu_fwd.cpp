@@ -81,16 +81,16 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           mx = -kInf;
           for (int64_t j = 0; j < kFwdBK; ++j) {
             if (!w.visible(i0 + r, j0 + j)) s[j] = -kInf;
-            mx = max_nan(mx, s[j]);
+            mx = math::max_nan(mx, s[j]);
           }
         }
-        const float m_new = max_nan(B.m[r], mx);
+        const float alpha = math::online_step(B.m[r], mx, [](float x) { return std::exp(x); });
         CT* p = B.p.data() + r * kFwdBK;
-        if (m_new == -kInf) {  // nothing visible to this row yet
+        if (B.m[r] == -kInf) {  // nothing visible to this row yet
           std::fill(p, p + kFwdBK, CT(0.f));
           continue;
         }
-        const Vec vm(m_new);
+        const Vec vm(B.m[r]);
         Vec vsum(0.f);
         for (int64_t j = 0; j < kFwdBK; j += Vec::size()) {
           Vec e = cpu::exp(Vec::loadu(s + j) - vm);
@@ -98,9 +98,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           e.store(s + j);
         }
         store_row(s, kFwdBK, p);
-        const float alpha = std::exp(B.m[r] - m_new);  // 0 when the row saw nothing before
         B.l[r] = B.l[r] * alpha + at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, vsum);
-        B.m[r] = m_new;
         if (alpha != 1.f) {
           float* o = B.o.data() + r * d;
           const Vec va(alpha);
@@ -110,11 +108,10 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       gemm<CT>(kFwdBQ, d, kFwdBK, kFwdBK, d, d, true, B.p.data(), vp.get() + at, B.o.data());
     }
     for (int64_t r = 0; r < rows; ++r) {
-      // l = 0: the row saw no key (zeros, lse -inf); l NaN (a NaN score): NaN out and lse, as PyTorch's softmax.
-      const float l = B.l[r], inv = l == 0.f ? 0.f : 1.f / l;
+      const float l = B.l[r], inv = math::row_inv(l);
       T* o = O + ((doc.q0 + i0 + r) * hq + h) * d;
       for (int64_t c = 0; c < d; ++c) o[c] = static_cast<T>(B.o[r * d + c] * inv);
-      L[h * total_q + doc.q0 + i0 + r] = l == 0.f ? -kInf : B.m[r] + std::log(l);
+      L[h * total_q + doc.q0 + i0 + r] = math::row_lse(B.m[r], l, [](float x) { return std::log(x); });
     }
   });
 }

@@ -111,6 +111,30 @@ def parse_sass(text):
     return dict(loads), dict(stores), dict(mma)
 
 
+def sass_local_insns(text):
+    """Local-memory instructions (LDL / STL) in one function's SASS: spills and stack arrays. cuobjdump's LOCAL
+    alone misses some (a spill placed on the stack frame shows as STACK, with LOCAL 0)."""
+    return sum(1 for opcode in _SASS_INSN.findall(text) if opcode.split(".")[0] in ("LDL", "STL"))
+
+
+def _dynamic_shared(kernel, config):
+    """Dynamic shared memory a launcher gives this kernel instantiation (bytes; 0 for kernels that take none), from
+    the same tile constants the launchers use (asked of the simulation build, which compiles the same sources);
+    None when that build is missing (tests/test_aot.py then fails rather than check static memory only)."""
+    if not kernel.startswith("attention::"):
+        return 0
+    from .. import _ext
+    args = [a.strip() for a in config.strip("<>").split(",")]
+    if len(args) != 2 or not args[1].isdigit():
+        return 0
+    elem = 2 if args[0] in ("__half", "__nv_bfloat16") else 4
+    try:
+        sim = _ext.cuda_sim()
+    except RuntimeError:
+        return None
+    return int(sim.attention_dynamic_smem(kernel.split("::")[-1], int(args[1]), elem))
+
+
 _RESOURCE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 
@@ -376,10 +400,16 @@ def cuda_rows(so_path, targets=CUDA_ARCHS, pattern="*"):
         kernel, config = _split_cxx_name(names[func])
         if not fnmatch.fnmatch(kernel, pattern) and not fnmatch.fnmatch(kernel.split("::")[-1], pattern):
             continue
-        loads, stores, mma = parse_sass(sass.get((arch, func), ""))
+        text = sass.get((arch, func), "")
+        loads, stores, mma = parse_sass(text)
+        # Static shared memory is held to 48 KB; a kernel launched with dynamic shared memory (opted in with
+        # cudaFuncSetAttribute) to the arch's limit, static + dynamic.
+        dynamic = _dynamic_shared(kernel, config)
         rows.append(dict(source="cuda", kernel=kernel, config=config, target=arch, module=os.path.basename(so_path),
                          mangled=func, registers=res["registers"], agprs=None, spills=res["local"],
-                         stack=res["stack"], shared=res["shared_static"], shared_limit=STATIC_SHARED_LIMIT,
+                         stack=res["stack"], local_insns=sass_local_insns(text), shared_static=res["shared_static"],
+                         shared_dynamic=dynamic, shared=res["shared_static"] + (dynamic or 0),
+                         shared_limit=SHARED_LIMIT[arch] if dynamic else STATIC_SHARED_LIMIT,
                          occupancy=None, loads=loads, stores=stores, mma=mma, load_bits=_widest(loads),
                          store_bits=_widest(stores), mma_count=sum(mma.values()),
                          has_sass=(arch, func) in sass, error=None))

@@ -7,8 +7,8 @@ Registered ops (schema below):
   eurokernels::attention           -> (out, lse)
   eurokernels::attention_backward  -> (dq, dk, dv)
 Backends: reference (eurokernels/reference.py), cpu (csrc/attention/attention_cpu_{fwd,bwd}.cpp),
-triton (eurokernels/triton/attention.py). No cuda backend yet (a CUDA C++ kernel has its own issue): asking for it
-raises NotImplementedError.
+triton (eurokernels/triton/attention.py), cuda (csrc/attention/attention_kernels.cuh: FlashAttention-2 on tensor
+cores, mma.sync; float16 / bfloat16 only, run on CPU tensors under the CUDA simulation in CI).
 
 Every kernel sees the packed form: q [total_q, hq, d], k/v [total_k, hk, d] (unit stride along d, any token and
 head strides), int32 cu_seqlens_q/k [n + 1], lse [hq, total_q]. The [b, s, h, d] form is viewed as b documents of
@@ -21,6 +21,7 @@ from .. import reference as ref
 from .._registry import define_op, kernel_table
 
 MAX_HEAD_DIM = 256
+CUDA_DTYPES = (torch.float16, torch.bfloat16)  # the tensor cores' input types (see the docstring on float32)
 
 
 def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1), softcap=0.0, cu_seqlens_q=None,
@@ -32,8 +33,10 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
         k, v: ``[batch, seqlen_k, heads_k, head_dim]`` (packed: ``[total_k, heads_k, head_dim]``); heads_q must be a
             multiple of heads_k (GQA/MQA: query head h uses key/value head h // (heads_q // heads_k)).
             head_dim: a multiple of 8, at most 256. dtypes: float16 / bfloat16 on every backend, float32 on
-            reference, cpu and triton (triton: head_dim <= 128), float64 on reference (gradcheck). q, k and v
-            share one dtype and device.
+            reference, cpu and triton (triton: head_dim <= 128), float64 on reference (gradcheck). The cuda
+            backend multiplies on tensor cores, whose inputs are 16-bit: float32 inputs raise a TypeError naming
+            float16 / bfloat16 rather than being converted behind the caller's back (convert them, or pick
+            another backend). q, k and v share one dtype and device.
         causal: query i sees keys j <= i + seqlen_k - seqlen_q (aligned bottom-right, as FlashAttention does);
             the same as ``window_size=(left, 0)``.
         softmax_scale: multiplies q.k; default 1 / sqrt(head_dim).
@@ -47,15 +50,15 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)
             are read from cu_seqlens.
         return_lse: also return lse = log(sum(exp(scores))) over the visible keys, fp32 (fp64 for fp64 inputs),
             ``[batch, heads_q, seqlen_q]`` (packed: ``[heads_q, total_q]``). It carries no gradient.
-        backend: "reference" | "cpu" | "triton" | None (see eurokernels.use_backend). "cuda" is not implemented
-            for attention yet and raises NotImplementedError.
+        backend: "reference" | "cpu" | "triton" | "cuda" | None (see eurokernels.use_backend).
 
     Returns:
         ``out`` with q's shape and dtype, or ``(out, lse)``. A query row that sees no key (possible with windows,
         or with causal and seqlen_q > seqlen_k) outputs zeros, has lse = -inf and gets zero gradients.
         The backward is deterministic: the same inputs give bitwise-equal gradients (no atomics; on the cpu
         backend, for a given number of threads, which decides how a GQA group's dK/dV is split before a
-        fixed-order sum).
+        fixed-order sum; on cuda, the dK/dV of a key tile loop over the group's q heads and query tiles in a fixed
+        order, and dQ has its own pass).
     """
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     backend, softmax_scale, left, right = check_args(q, k, v, varlen, causal, softmax_scale, window_size, softcap,
@@ -82,7 +85,7 @@ def check_args(q, k, v, varlen, causal, softmax_scale, window_size, softcap, bac
     backend, the softmax scale and the window (causal folded in as right = 0)."""
     _checks.check_tensor("q", q, dtypes=None)
     backend = _backend.resolve(backend, q)
-    _check_qkv(q, k, v, varlen, _checks.float_dtypes(backend))
+    _check_qkv(q, k, v, varlen, CUDA_DTYPES if backend == "cuda" else _checks.float_dtypes(backend))
     left, right = _check_window(window_size)
     if causal not in (True, False):
         raise TypeError(f"causal: expected a bool, got {causal!r}")

@@ -1,0 +1,6 @@
+// Attention kernels for head dims in the 128 class, fp16 (one instantiation per file: the build parallelizes).
+#include "attention/attention_kernels.cuh"
+
+namespace eurokernels::attention {
+EK_ATTENTION_INSTANTIATE(__half, 128)
+}  // namespace eurokernels::attention
