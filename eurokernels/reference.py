@@ -288,12 +288,13 @@ def _attention_probs(q, k, scale, window_left, window_right, softcap, upcast):
         s = softcap * t
     mask = attention_mask(sq, sk, window_left, window_right, q.device)
     s = s.masked_fill(~mask, float("-inf"))
-    m = s.detach().amax(-1, keepdim=True)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # a row that sees no key: exp(-inf - 0) = 0
+    m_raw = s.detach().amax(-1, keepdim=True)
+    m = torch.where(torch.isinf(m_raw), torch.zeros_like(m_raw), m_raw)  # a row that sees no key: exp(-inf - 0) = 0
     e = torch.exp(s - m)
     denom = e.sum(-1, keepdim=True)
     p = e / torch.where(denom == 0, torch.ones_like(denom), denom)
-    lse = (m + torch.log(denom)).squeeze(-1)
+    # a +inf score: p is NaN (inf / inf) and so is lse, as every kernel gives (inf - inf)
+    lse = torch.where(torch.isposinf(m_raw), float("nan"), m + torch.log(denom)).squeeze(-1)
     return p, t, lse
 
 
@@ -416,7 +417,10 @@ def softmax_backward(dy, x, lse, log=False):
     from the rounded output, whose bf16 rounding would be amplified by sum(dy) on long rows):
     softmax: dx = p * (dy - sum(dy * p)); log_softmax: dx = dy - p * sum(dy)."""
     dyf = up(dy)
-    p = torch.exp(up(x) - lse[..., None].to(up(x).dtype))
+    lse = lse[..., None].to(up(x).dtype)
+    # a row with +inf (lse +inf) is NaN throughout, as PyTorch's autograd gives (exp(x - lse) alone would give 0
+    # at its finite entries)
+    p = torch.where(torch.isposinf(lse), float("nan"), torch.exp(up(x) - lse))
     if log:
         dx = dyf - p * dyf.sum(-1, keepdim=True)
     else:
@@ -453,6 +457,8 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0, z_loss
     vocab_total = v if vocab_total is None else vocab_total
     valid, local, in_shard, bad = _target_terms(labels, ignore_index, vocab_start, v, vocab_total)
     lse = torch.logsumexp(z, -1)
+    # a +inf logit: the loss is NaN (inf - inf) and so is the lse every kernel returns (logsumexp would say +inf)
+    lse = torch.where(torch.isposinf(z).any(-1), float("nan"), lse)
     zt = torch.gather(z, -1, local.unsqueeze(-1)).squeeze(-1)
     loss = lse + z_loss * lse * lse - (1.0 - label_smoothing) * torch.where(in_shard, zt, 0.0)
     if label_smoothing:

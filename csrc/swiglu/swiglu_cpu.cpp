@@ -27,7 +27,9 @@ inline Vec gelu_cdf(const Vec& g, Vec* pdf) {
   static constexpr float kFit[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
                                    -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
   const Vec one(1.f), half(0.5f);
-  const Vec z = g.abs() * Vec(kSqrtHalf);
+  // z capped at 16 (erfc(16) is 0 in fp32): at g = +-inf the exact z^2 split below would be inf - inf = NaN, and the
+  // vector path gave NaN at +inf where the scalar tail gives +inf (found by tests/test_fuzz.py). NaN still propagates.
+  const Vec z = at::vec::minimum(g.abs() * Vec(kSqrtHalf), Vec(16.f));
   const Vec t = one / at::vec::fmadd(half, z, one);
   Vec poly(kFit[0]);
   for (int k = 1; k < 10; ++k) poly = at::vec::fmadd(poly, t, Vec(kFit[k]));

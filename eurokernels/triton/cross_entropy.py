@@ -59,7 +59,9 @@ def cross_entropy_kernel(
             zt += tl.sum(tl.where(off + cols == local, z, 0.0), axis=0)
             z2 = tl.where(mask, z * 1.4426950408889634, float("-inf"))
             m_new = tl.maximum(m, tl.max(z2, axis=0))
-            s = s * tl.exp2(m - m_new) + tl.sum(tl.exp2(z2 - m_new), axis=0)
+            # a row that is -inf so far: subtract 0, not -inf (-inf - -inf is NaN; its lse must be -inf)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp2(m - m_use) + tl.sum(tl.exp2(z2 - m_use), axis=0)
             m = m_new
         lse = (m + tl.log2(s)) * 0.6931471805599453
         loss = lse + z_loss * lse * lse - (1.0 - label_smoothing) * tl.where(in_shard, zt, 0.0)
