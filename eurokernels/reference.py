@@ -371,6 +371,8 @@ def _dense_attention_backward(dout, q, k, v, scale, window_left, window_right, s
         ds = p * (dp - (dof * up(out).transpose(1, 2)).sum(-1, keepdim=True))
     if t is not None:
         ds = ds * (1 - t * t)
+    # masked scores get exactly 0, as masked_fill's backward gives (p = 0 times a NaN row term would be NaN)
+    ds = torch.where(attention_mask(sq, sk, window_left, window_right, q.device), ds, 0.0)
     dq = scale * ds @ kf
     dk = (scale * ds.transpose(-1, -2) @ qf).view(b, hk, g, sk, d).sum(2)
     dv = (p.transpose(-1, -2) @ dof).view(b, hk, g, sk, d).sum(2)

@@ -217,6 +217,10 @@ def compare(op, case, backend, device, call):
     (outs, grads, scale), (routs, rgrads, _) = got, want
     for i, (o, r) in enumerate(zip(outs, routs)):
         assert_matches(o, r, f"output {i}", scale, case["dtype"])
+    if op == "attention" and case["values"] == "special":
+        # Not specified (README, "Reliability"): which gradient entries of a row with a non-finite score are NaN and
+        # which 0 depends on whether the kernel skips, masks or multiplies the pair (0 * inf); forward is compared.
+        return
     for i, (gr, rg) in enumerate(zip(grads, rgrads)):
         if gr is None or rg is None:
             assert gr is None and rg is None, f"gradient {i}: one backend gave None"
