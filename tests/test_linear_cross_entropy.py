@@ -134,6 +134,72 @@ def test_linear_cross_entropy_low_precision(device, backend, dtype):
                                   name=name)
 
 
+def record_matmul_dtypes(monkeypatch):
+    """The operand dtypes of every torch.mm / torch.addmm called from here on (the tiling engine calls them from
+    inside the custom op, where a dispatch mode entered outside does not see them)."""
+    seen = set()
+    for name in ("mm", "addmm"):
+        def wrapped(*args, _real=getattr(torch, name), **kwargs):
+            seen.update(a.dtype for a in args if isinstance(a, torch.Tensor) and a.dim() == 2)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(torch, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("grad_in_forward", [False, True], ids=["tiled", "grad_in_forward"])
+@pytest.mark.parametrize("gemm", ["native", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cpu_16bit_gemm_paths(monkeypatch, dtype, gemm, grad_in_forward):
+    # On a CPU without native 16-bit GEMMs (no AMX: AVX2 machines run torch's bf16 matmul 8x slower than fp32,
+    # 300x at oneDNN's AVX2 level) the cpu backend's matmuls run on fp32 copies of the 16-bit tiles. Both paths,
+    # forced through the override whatever this CPU has: the path asked for is the one that runs (the matmuls'
+    # operand dtypes), and each stays within 2x PyTorch's own low-precision error (several token chunks, so the
+    # fp32 d_weight accumulation runs too).
+    from eurokernels.ops import _ce_tiling
+    monkeypatch.setenv(_ce_tiling.GEMM_ENV, gemm)
+    n, hdim, v = 40, 64, 3000
+    h = torch.randn(n, hdim).to(dtype)
+    w = (torch.randn(v, hdim) * 0.2).to(dtype)
+    b = torch.randn(v).to(dtype)
+    labels = torch.randint(0, v, (n,))
+    labels[3] = IGNORE
+    ins = [t.clone().requires_grad_() for t in (h, w, b)]
+    seen = record_matmul_dtypes(monkeypatch)
+    loss = ek.linear_cross_entropy(*ins[:2], labels, bias=ins[2], chunk_size=(16, 1024), backend="cpu",
+                                   grad_in_forward=grad_in_forward)
+    loss.backward()
+    monkeypatch.undo()  # the truth below runs its own matmuls
+    assert seen == ({dtype} if gemm == "native" else {torch.float32}), seen
+    tru = [t.double().requires_grad_() for t in (h, w, b)]
+    loss_t = linear_truth(*tru, labels, "mean")
+    loss_t.backward()
+    pt = [t.clone().requires_grad_() for t in (h, w, b)]
+    loss_p = linear_truth(*(t.float() if dtype == torch.float16 else t for t in pt), labels, "mean")
+    loss_p.backward()
+    assert_within_torch_error(loss.double(), loss_t, loss_p.double(), factor=2.0,
+                              atol=loss_t.abs().item() * 2 ** -7, name="loss")
+    for name, got, t, p in zip(("d_hidden", "d_weight", "d_bias"), ins, tru, pt):
+        assert_within_torch_error(got.grad.double(), t.grad, p.grad.double(), factor=2.0,
+                                  atol=t.grad.abs().max().item() * 2 ** -7, name=name)
+
+
+def test_cpu_16bit_gemm_choice(monkeypatch):
+    # Native 16-bit GEMMs only where oneDNN may use AMX for the dtype: capping its ISA (as the AVX2 emulation of
+    # tests/test_cpu_isa.py does) turns them off; the override wins, and a bad override value is refused.
+    from eurokernels.ops import _ce_tiling
+    monkeypatch.delenv(_ce_tiling.GEMM_ENV, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not _ce_tiling.cpu_gemm16_native(torch.bfloat16)
+    assert not _ce_tiling.cpu_gemm16_native(torch.float16)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert _ce_tiling.cpu_gemm16_native(torch.bfloat16) == torch.cpu._is_amx_tile_supported()
+    monkeypatch.setenv(_ce_tiling.GEMM_ENV, "native")
+    assert _ce_tiling.cpu_gemm16_native(torch.bfloat16)
+    monkeypatch.setenv(_ce_tiling.GEMM_ENV, "fast")
+    with pytest.raises(ValueError, match=_ce_tiling.GEMM_ENV):
+        _ce_tiling.cpu_gemm16_native(torch.bfloat16)
+
+
 class LiveMemory(TorchDispatchMode):
     """Peak bytes of live tensors created by the PyTorch ops run inside the block (storages, each counted once)."""
 

@@ -2,6 +2,8 @@
 made one [token_chunk, vocab_chunk] tile at a time by a matmul and handed to the cross-entropy kernel as a
 vocabulary shard; see eurokernels/ops/linear_cross_entropy.py's docstring for the design and its costs.
 """
+import os
+
 import torch
 
 from .._ext import cpu as _cpu_ext
@@ -48,9 +50,46 @@ def _bad_labels(labels, ignore_index, vocab_total):
     return (labels != ignore_index) & ((labels < 0) | (labels >= vocab_total))
 
 
+# --- the matmuls: 16-bit GEMMs on CPUs without native 16-bit matrix units --------------------------
+
+GEMM_ENV = "EUROKERNELS_CPU_GEMM16"  # "native" | "fp32": overrides the choice below (tests force both paths)
+
+
+def cpu_gemm16_native(dtype):
+    """Whether a bf16 / fp16 matmul on this CPU, as torch's math libraries run it, is at least as fast as the fp32
+    one. Only with AMX tiles that oneDNN may use (AMX-BF16 for bfloat16, AMX-FP16 for float16). Measured one
+    thread, 512x1024 @ 1024x4096, on an AMX Xeon with oneDNN's ISA capped by ONEDNN_MAX_CPU_ISA (fp32 141-147
+    GFLOP/s throughout): bf16 990 (AMX), 97 (AVX512_CORE_BF16, the Zen 4 class), 34 (AVX512_CORE), 0.3 (AVX2);
+    fp16 148 with AVX512-FP16 but no AMX-FP16, 1.1 at AVX2. Zen 2 (AVX2 only) measured 7.8 bf16 vs 62 fp32. So
+    without AMX the fp32 GEMM is never slower and often 8-300x faster, and the 16-bit tiles go through it."""
+    forced = os.environ.get(GEMM_ENV, "").strip().lower()
+    if forced in ("native", "fp32"):
+        return forced == "native"
+    if forced:
+        raise ValueError(f"{GEMM_ENV}: expected 'native' or 'fp32', got {forced!r}")
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    amx = torch.cpu._is_amx_tile_supported() if dtype == torch.bfloat16 else torch.cpu._is_amx_fp16_supported()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).strip().upper()
+    allowed = cap == "ALL" or "AMX" in cap and (dtype == torch.bfloat16 or "FP16" in cap)
+    return bool(amx and allowed)
+
+
+def _mm(a, b, out, bias=None):
+    """out = a @ b (+ bias), one rounding to out's dtype. A 16-bit product on a CPU without native 16-bit GEMMs
+    (cpu_gemm16_native) runs on fp32 copies of the operands: the same fp32 accumulation and single rounding as
+    the 16-bit GEMM, at fp32 GEMM speed, for one conversion pass over each operand (small next to the matmul: the
+    tiles are [4096, 8192] and the operands [4096 or 8192, hidden])."""
+    if out.device.type == "cpu" and out.dtype in (torch.bfloat16, torch.float16) and not cpu_gemm16_native(out.dtype):
+        a32, b32 = a.float(), b.float()
+        res = _empty(out.shape, dtype=torch.float32, device=out.device)
+        torch.addmm(bias.float(), a32, b32, out=res) if bias is not None else torch.mm(a32, b32, out=res)
+        return out.copy_(res)
+    return torch.addmm(bias, a, b, out=out) if bias is not None else torch.mm(a, b, out=out)
+
+
 def _tile_logits(h, weight, bias, c0, c1, out):
-    w = weight[c0:c1]
-    return torch.addmm(bias[c0:c1], h, w.t(), out=out) if bias is not None else torch.mm(h, w.t(), out=out)
+    return _mm(h, weight[c0:c1].t(), out, None if bias is None else bias[c0:c1])
 
 
 def tiled_forward(kernel, hidden2, weight, bias, labels1, opts, token_chunk, vocab_chunk, vocab_start=0,
@@ -127,11 +166,11 @@ def tiled_backward(kernel, dloss, dlse, hidden2, weight, bias, labels1, lse, opt
             kernel(tile, labels1[t0:t1], lse[t0:t1], dloss[t0:t1], None if dlse is None else dlse[t0:t1], tile,
                    ignore_index, label_smoothing, z_loss, softcap, vocab_start + c0, vocab_total)
             # the tile's share of d_hidden, rounded once, summed over vocabulary chunks in fp32
-            dh[t0:t1] += torch.mm(tile, w, out=dh_part.get(t1 - t0, hdim))
+            dh[t0:t1] += _mm(tile, w, dh_part.get(t1 - t0, hdim))
             if one_token_chunk:
-                torch.mm(tile.t(), h, out=dw[c0:c1])
+                _mm(tile.t(), h, dw[c0:c1])
             else:
-                part = torch.mm(tile.t(), h, out=dw_part.get(c1 - c0, hdim))
+                part = _mm(tile.t(), h, dw_part.get(c1 - c0, hdim))
                 if t0 == 0:
                     acc.copy_(part)  # the first token chunk initializes (no zero fill)
                 else:  # the last one writes d_weight's slice, rounded once
@@ -170,13 +209,13 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
         l_t, _ = kernel(logits, labels1[t0:t1], None, row_scale[t0:t1], None, logits, ignore_index, label_smoothing,
                         z_loss, softcap, 0, v)  # logits now hold d_logits
         loss += (l_t * row_scale[t0:t1]).sum()
-        torch.mm(logits, weight, out=dh[t0:t1])
+        _mm(logits, weight, dh[t0:t1])
         if one_chunk:
-            torch.mm(logits.t(), h, out=dw)
+            _mm(logits.t(), h, dw)
         else:
             for c0 in range(0, v, slice_v):
                 c1 = min(v, c0 + slice_v)
-                part = torch.mm(logits[:, c0:c1].t(), h, out=dw_part.get(c1 - c0, hdim))
+                part = _mm(logits[:, c0:c1].t(), h, dw_part.get(c1 - c0, hdim))
                 if t0 == 0:
                     acc[c0:c1] = part  # the first chunk initializes: no zero fill of the fp32 buffer
                 else:  # the last chunk writes d_weight, rounded once

@@ -21,7 +21,12 @@ d_weight [vocab_chunk, H]), never N x V. Vocabulary chunks are the outer loop of
 d_weight is accumulated over token chunks in fp32 and rounded to the weight's dtype once (when the tokens fit in one
 chunk -- the default up to 8192 tokens -- it is a single matmul, no cross-chunk accumulation at all). The
 true-class term of the gradient (p - 1) is formed in fp32 inside the kernel before the one rounding to the logits'
-dtype. The matmuls run in the inputs' dtype with fp32 accumulation inside each matmul, as F.linear does.
+dtype. The matmuls run in the inputs' dtype with fp32 accumulation inside each matmul, as F.linear does -- except
+on a CPU without native 16-bit GEMMs (no AMX tiles oneDNN may use; _ce_tiling.cpu_gemm16_native), where torch's
+bf16 / fp16 matmul is 8x (Zen 2) to 300x (oneDNN at AVX2) slower than fp32: there each 16-bit matmul runs on fp32
+copies of its operands and is rounded once to the 16-bit output, the same arithmetic at fp32 GEMM speed (bf16 at
+1.06x the fp32 time of the op, 1024 x 1024 x 32000 fwd+bwd, emulated AVX2 path). EUROKERNELS_CPU_GEMM16=native |
+fp32 overrides the choice.
 
 ``grad_in_forward=True`` trades memory for one matmul (where matmuls dominate, e.g. on CPU): token chunks of whole
 vocabulary rows; per chunk one matmul for the logits [T, V], one kernel call computing loss, lse and the gradient
