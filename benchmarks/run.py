@@ -17,7 +17,7 @@ from .harness import format_table, machine, run_case, write_json, write_plots
 OPS = manifest.benchmarks()  # each has benchmarks/bench_<op>.py with cases(device, quick)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="one representative shape per op, fewer timed calls (under 5 minutes on 2 idle CPU cores)")
@@ -29,7 +29,11 @@ def main(argv=None):
     for o in ops:
         if o not in OPS:
             p.error(f"--ops: unknown op {o!r}; expected a subset of {OPS}")
+    return args, ops
 
+
+def main(argv=None):
+    args, ops = parse_args(argv)
     print(f"eurokernels benchmarks on {args.device}: {machine()}", flush=True)
     t0, rows = time.time(), []
     for op in ops:

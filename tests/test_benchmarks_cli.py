@@ -1,9 +1,13 @@
 """README command 1 (the benchmark CLI) end to end on one op: the table on stdout, the JSON of every figure and one
 PNG per op and mode. Timings are not checked (no timing assertions); that every provider ran and reported is."""
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,3 +32,27 @@ def test_benchmark_cli_quick_rotary(tmp_path):
         assert r["ms"] > 0 and r["gbps"] > 0, r
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["rotary_fwd.png", "rotary_fwd_bwd.png",
                                                               "rotary_inplace.png"]
+
+
+def test_gpu_check_dry_run():
+    # The one-command GPU run (benchmarks/gpu_check.py) cannot run here: its dry run checks that every step's
+    # files, modules and arguments exist and that pytest collects both of its test selections.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 steps ready" in proc.stdout
+
+
+def test_gpu_check_budget_drops_from_the_end():
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)  # standard library only: no package import needed
+    args = argparse.Namespace(jobs=16, out="results")
+    all_steps = gpu_check.steps(args)
+    kept, dropped = gpu_check.plan(all_steps, 480)
+    assert [s[0] for s in kept] == ["install", "env", "tests-gpu", "bench"] and dropped == ["tests-cpu"]
+    kept, dropped = gpu_check.plan(all_steps, 1)  # the install and the probe always run
+    assert [s[0] for s in kept] == ["install", "env"] and dropped == ["tests-gpu", "bench", "tests-cpu"]
+    assert [s[0] for s in gpu_check.plan(all_steps, None)[0]] == [s[0] for s in all_steps]
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--budget", "-5"])
