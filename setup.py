@@ -158,7 +158,8 @@ setup(
     install_requires=["torch==2.14.1", "numpy"],
     # hf: eurokernels.integrations.transformers (tested with 5.23.0, the version .ci/requirements.txt pins; it
     # patches transformers' attention/mask registries and per-family apply_rotary_pos_emb, public in 5.x).
-    extras_require={"test": ["pytest", "pytest-benchmark"], "hf": ["transformers>=5.23,<6"]},
+    extras_require={"test": ["pytest", "pytest-benchmark"], "hf": ["transformers>=5.23,<6"],
+                    "peers": ["cut-cross-entropy"]},  # optional rows of the benchmark table
     ext_modules=exts,
     cmdclass={"build_ext": build_ext},
 )

@@ -133,14 +133,44 @@ def _lce_shape(tokens, hidden, vocab, device):
         # one eager call at the quick shape would take minutes to most of an hour. Ours runs on fp32 tiles there.
         _note(f"{label}: eager / compile left out (this CPU has no native bf16 GEMM: torch's bf16 matmul is the "
               "slow path here; eurokernels' cpu backend runs its matmuls on fp32 tiles)")
-    elif _fits(5 * tokens * vocab * 2, device):
-        providers["eager"] = grads(lambda: F.cross_entropy(F.linear(h, w), y))
-        providers["compile"] = grads(lambda: _compiled_lce()(h, w, y))
     else:
-        _note(f"{label}: eager / compile left out (about {5 * tokens * vocab * 2 / 2**30:.0f} GiB)")
+        if _fits(5 * tokens * vocab * 2, device):
+            providers["eager"] = grads(lambda: F.cross_entropy(F.linear(h, w), y))
+            providers["compile"] = grads(lambda: _compiled_lce()(h, w, y))
+        else:
+            _note(f"{label}: eager / compile left out (about {5 * tokens * vocab * 2 / 2**30:.0f} GiB)")
+        providers.update(_lce_peers(h, w, y, label, grads))
     out.append(Case("linear_cross_entropy", label, "fwd+bwd", providers, flops=3 * 2 * tokens * hidden * vocab,
                     out_bytes=(h.numel() + w.numel()) * h.element_size()))
     return out
+
+
+def _lce_peers(h, w, y, label, grads):
+    """The fused LM-head losses of other projects that run here, each checked once against ours on these inputs
+    (a wrong answer is reported and left out, never timed); a missing one is reported as not installed."""
+    peers = {}
+    if hasattr(torch.nn, "LinearCrossEntropyOptions"):  # torch >= 2.13: its chunked path
+        peers["torch F.linear_cross_entropy chunked"] = lambda: F.linear_cross_entropy(
+            h, w, y, options=torch.nn.LinearCrossEntropyOptions())
+    else:
+        _note(f"{label}: torch's chunked F.linear_cross_entropy not in this torch")
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+        impl = "torch_compile" if h.device.type == "cpu" else "cce"
+        peers[f"cut-cross-entropy[{impl}]"] = lambda: cce(h, w, y, impl=impl)
+    except ImportError:
+        _note(f"{label}: cut-cross-entropy not installed (pip install eurokernels[peers])")
+    with torch.no_grad():
+        ours = ek.linear_cross_entropy(h, w, y).float()
+    checked = {}
+    for name, f in peers.items():
+        with torch.no_grad():
+            theirs = f().float()
+        if torch.allclose(theirs, ours, rtol=2e-2, atol=2e-2):  # bf16 logits: both round them once
+            checked[name] = grads(f)
+        else:
+            _note(f"{label}: {name} left out: its loss {theirs.item():.4f} differs from ours {ours.item():.4f}")
+    return checked
 
 
 def cases(device, quick=False):
