@@ -261,7 +261,7 @@ def _spec_meta(module, index, spec):
                 constexprs=dict(spec.get("constexprs", {})), aligned=list(spec.get("aligned", [])),
                 memory_bound=bool(spec.get("memory_bound", False)),
                 rows_aligned=spec.get("rows_aligned"), block=spec.get("block"),
-                variant=spec.get("variant", ""))
+                variant=spec.get("variant", ""), targets=spec.get("targets"), num_stages=spec.get("num_stages"))
 
 
 def _worker_init():
@@ -290,8 +290,11 @@ def compile_spec(module, index, target):
     signature.update({k: "constexpr" for k in constexprs})
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("aligned", [])}
     backend, arch, warp = TARGETS[target]
+    options = {"num_warps": spec["num_warps"]}
+    if "num_stages" in spec:  # else the backend's default, as the JIT uses when a launch names none
+        options["num_stages"] = spec["num_stages"]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget(backend, arch, warp), options={"num_warps": spec["num_warps"]})
+                              target=GPUTarget(backend, arch, warp), options=options)
     shared = int(compiled.metadata.shared)  # dynamic shared memory / LDS the launch requests
     if backend == "cuda":
         info = inspect_cubin_bytes(compiled.asm["cubin"])
@@ -311,6 +314,8 @@ def _widest(hist):
 def _config_text(meta):
     parts = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in meta["constexprs"].items()]
     parts.append(f"warps={meta['num_warps']}")
+    if meta.get("num_stages") is not None:
+        parts.append(f"stages={meta['num_stages']}")
     if meta["variant"]:
         parts.append(meta["variant"])
     return " ".join(parts)
@@ -337,7 +342,9 @@ def triton_rows(targets, pattern="*", modules=None, workers=2):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         metas = [m for m in pool.submit(list_specs, modules).result() if fnmatch.fnmatch(m["name"], pattern)]
-        jobs = [(m, t, pool.submit(compile_spec, m["module"], m["index"], t)) for m in metas for t in targets]
+        # A spec with `targets` is the config its launcher picks on those GPUs only (per-arch tiles).
+        jobs = [(m, t, pool.submit(compile_spec, m["module"], m["index"], t)) for m in metas for t in targets
+                if m["targets"] is None or t in m["targets"]]
         rows = []
         for meta, target, fut in jobs:
             try:

@@ -47,13 +47,14 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _program(CU_Q, CU_K, n_heads):
-    """This program's head (axis 0 = document x head) and its document's first query and key token (int64: total
-    tokens x strides can pass 2^31) and lengths (int32: offsets inside a document stay int32)."""
+    """This program's head (axis 0 = document x head) and its document's first query and key token, all int64
+    (head x stride_head, head x total_q and total tokens x strides can pass 2^31), and lengths (int32: positions
+    inside a document stay int32; they are widened wherever they meet a stride)."""
     doc = tl.program_id(0) // n_heads
     q0 = tl.load(CU_Q + doc)
     k0 = tl.load(CU_K + doc)
-    return (tl.program_id(0) % n_heads, q0.to(tl.int64), tl.load(CU_Q + doc + 1) - q0, k0.to(tl.int64),
-            tl.load(CU_K + doc + 1) - k0)
+    return ((tl.program_id(0) % n_heads).to(tl.int64), q0.to(tl.int64), tl.load(CU_Q + doc + 1) - q0,
+            k0.to(tl.int64), tl.load(CU_K + doc + 1) - k0)
 
 
 @triton.jit
@@ -71,6 +72,15 @@ def _band(start, n, n_other, shift, before, after, BLOCK: tl.constexpr, BLOCK_OT
 
 
 @triton.jit
+def _query_block(sq, BLOCK_M: tl.constexpr):
+    """First query of this program's block, the document's last block first (axis 1 counts down from it): under a
+    causal (or any right-bounded) mask the last query blocks see the most keys, so the longest programs start
+    first and the short ones fill the tail. Negative once the document has no block left for this program
+    (a shorter document of a varlen batch): such programs exit after this one load-free test."""
+    return (tl.cdiv(sq, BLOCK_M) - 1 - tl.program_id(1)) * BLOCK_M
+
+
+@triton.jit
 def _visible(offs_q, offs_k, valid, shift, window_left, window_right):
     """Whether query offs_q sees key offs_k (broadcast shapes; query i sits at key i + shift, shift = sk - sq);
     valid: where both exist (at least offs_k < sk)."""
@@ -81,20 +91,20 @@ def _visible(offs_q, offs_k, valid, shift, window_left, window_right):
 @triton.jit
 def _load_rows(PTR, stride_tok, offs, n, offs_d, d_mask, TRANSPOSE: tl.constexpr):
     """Rows offs (< n) of a [tokens, d] slice with a unit stride along d, zero-padded: [rows, d] or, transposed,
-    [d, rows]."""
+    [d, rows]. Row offsets in int64: a document's length x stride_tok can pass 2^31 (the product is formed on the
+    [rows] vector, so the [rows, d] tile only pays one 64-bit add per element, as any pointer does)."""
+    rows = offs.to(tl.int64) * stride_tok
     if TRANSPOSE:
-        return tl.load(PTR + offs[None, :] * stride_tok + offs_d[:, None],
-                       mask=d_mask[:, None] & (offs[None, :] < n), other=0.0)
+        return tl.load(PTR + rows[None, :] + offs_d[:, None], mask=d_mask[:, None] & (offs[None, :] < n), other=0.0)
     else:
-        return tl.load(PTR + offs[:, None] * stride_tok + offs_d[None, :],
-                       mask=(offs[:, None] < n) & d_mask[None, :], other=0.0)
+        return tl.load(PTR + rows[:, None] + offs_d[None, :], mask=(offs[:, None] < n) & d_mask[None, :], other=0.0)
 
 
 @triton.jit
 def _store_rows(PTR, start, head, n_heads, head_dim, offs, n, offs_d, d_mask, x):
     """x [rows, d] into rows start + offs (offs < n) of head `head` of a contiguous [tokens, n_heads, head_dim]."""
-    stride_tok = n_heads * head_dim
-    tl.store(PTR + start * stride_tok + head * head_dim + offs[:, None] * stride_tok + offs_d[None, :],
+    stride_tok = n_heads.to(tl.int64) * head_dim  # int64: rows x heads x head_dim can pass 2^31
+    tl.store(PTR + start * stride_tok + head * head_dim + offs.to(tl.int64)[:, None] * stride_tok + offs_d[None, :],
              cast_to(x, PTR.dtype.element_ty), mask=(offs[:, None] < n) & d_mask[None, :])
 
 
@@ -151,8 +161,8 @@ def attention_fwd_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     head, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_q)
-    i0 = tl.program_id(1) * BLOCK_M
-    if i0 >= sq:
+    i0 = _query_block(sq, BLOCK_M)
+    if i0 < 0:
         return
     shift = sk - sq
     offs_m = i0 + tl.arange(0, BLOCK_M)
@@ -200,7 +210,7 @@ def attention_bwd_preprocess_kernel(
     total_q, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    head = tl.program_id(0)
+    head = tl.program_id(0).to(tl.int64)  # head x total_q (DELTA) can pass 2^31
     offs_m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < total_q) & (offs_d[None, :] < head_dim)
@@ -234,6 +244,7 @@ def attention_bwd_dkdv_kernel(
 ):
     # One key block of one kv head: dV = sum P^T dO, dK = scale sum dS^T Q over the query heads of its group.
     head_k, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_k)
+    # Key blocks in order: under a causal mask the first key blocks are seen by the most queries (heavy first).
     j0 = tl.program_id(1) * BLOCK_N
     if j0 >= sk:
         return
@@ -268,8 +279,9 @@ def attention_bwd_dkdv_kernel(
             dst = _dscores(pt, dpt, delta[None, :], t, HAS_SOFTCAP)
             dk = tl.dot(dst.to(DTYPE), q, dk, input_precision=DOT_PRECISION)
     # Not _store_rows: one int64 offset tile for both stores takes ~20 fewer registers at head_dim 256 (sm_80/90).
-    base = k_start * (n_heads_k * head_dim) + head_k * head_dim
-    out = offs_n[:, None] * (n_heads_k * head_dim) + offs_d[None, :]
+    stride_kv_tok = n_heads_k.to(tl.int64) * head_dim
+    base = k_start * stride_kv_tok + head_k * head_dim
+    out = offs_n.to(tl.int64)[:, None] * stride_kv_tok + offs_d[None, :]
     kv_mask = (offs_n[:, None] < sk) & d_mask[None, :]
     tl.store(DK + base + out, cast_to(dk * scale, DTYPE), mask=kv_mask)
     tl.store(DV + base + out, cast_to(dv, DTYPE), mask=kv_mask)
@@ -290,8 +302,8 @@ def attention_bwd_dq_kernel(
 ):
     # One query block of one head: dQ = scale sum dS K over the key blocks it sees.
     head, q_start, sq, k_start, sk = _program(CU_Q, CU_K, n_heads_q)
-    i0 = tl.program_id(1) * BLOCK_M
-    if i0 >= sq:
+    i0 = _query_block(sq, BLOCK_M)
+    if i0 < 0:
         return
     shift = sk - sq
     offs_m = i0 + tl.arange(0, BLOCK_M)
@@ -326,20 +338,57 @@ class AttnConfig:
     block_m: int  # queries per block
     block_n: int  # keys per block
     num_warps: int
+    num_stages: int = 2  # software-pipelining depth of the key (forward, dq) or query (dk/dv) loop
 
 
-# Per kernel and padded head dim (BLOCK_D). Sized so that the fp32 accumulators ([block, BLOCK_D]) plus the operand
-# tiles fit the register file without spills on sm_80 / sm_90 / gfx90a / gfx942 (checked by compiling aot_specs()).
+def _table(fwd, dkdv, dq):
+    """{kernel: {padded head dim: config}} from per-kernel (block_m, block_n, num_warps, num_stages) tuples over the
+    head dims 16, 32, 64, 128, 256."""
+    dims = (16, 32, 64, 128, 256)
+    return {name: {bd: AttnConfig(*c) for bd, c in zip(dims, cfgs)}
+            for name, cfgs in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq))}
+
+
+# bf16/fp16 launch configurations per GPU family (gpu_family()) and kernel and padded head dim (BLOCK_D), each
+# checked by compiling aot_specs() for its targets with the softcap (the heaviest variant): 0 spill instructions
+# (STL/LDL, STACK, LOCAL; AMD ScratchSize), shared memory / LDS within the arch's limit. The README's GPU section
+# lists what each compiles to. Why the shapes differ:
+# - sm_90 (H100): wgmma needs 64 rows per warpgroup, so every tile whose rows are the MMA's M is >= 64 (forward
+#   and dq: BLOCK_M; dk/dv: BLOCK_N, the keys) and the forward's QK^T gets N = BLOCK_N of 64-128; deeper pipelines
+#   (num_stages 3 at d128) where the 227 KB of shared memory allow.
+# - sm_80 (A100; and any other NVIDIA GPU): mma.sync keeps the A operand (q, k) in registers, so the tiles that fit
+#   without spills are smaller than on sm_90 at d64-d256.
+# - hip (MI250X gfx90a, MI300X gfx942): 64-wide waves; with 8 waves a workgroup gets only 256 VGPRs per lane (no
+#   AGPRs), where 4 waves also get the 256 AGPRs, so the backward runs 4 waves with smaller blocks; LDS 64 KB.
 GPU_CONFIGS = {
-    "fwd": {16: AttnConfig(128, 64, 4), 32: AttnConfig(128, 64, 4), 64: AttnConfig(128, 64, 4),
-            128: AttnConfig(128, 32, 8), 256: AttnConfig(64, 32, 4)},
-    "dkdv": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(32, 64, 4),
-             128: AttnConfig(32, 64, 4), 256: AttnConfig(16, 32, 8)},
-    "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(64, 64, 4),
-           128: AttnConfig(64, 32, 8), 256: AttnConfig(32, 32, 4)},
+    "sm_90": _table(
+        fwd=[(128, 64, 4, 2), (128, 64, 4, 2), (128, 128, 8, 2), (128, 64, 8, 3), (128, 32, 8, 2)],
+        dkdv=[(64, 64, 8, 2), (64, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (16, 64, 8, 2)],
+        dq=[(64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2)]),
+    "sm_80": _table(
+        fwd=[(128, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 8, 2)],
+        dkdv=[(64, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 8, 2), (16, 32, 8, 2)],
+        dq=[(64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2), (64, 32, 8, 2)]),
+    "hip": _table(
+        fwd=[(128, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)],
+        dkdv=[(64, 64, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 64, 4, 1), (16, 64, 4, 1)],
+        dq=[(64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 2), (64, 32, 8, 2), (64, 16, 4, 2)]),
 }
-# fp32 inputs: tiles twice the size in registers and shared memory, so smaller query blocks. Head dims up to 128
-# only: at 256 the dk/dv and dq kernels spill on gfx90a/gfx942 at every block shape tried (and the forward needs
+# The AOT targets each family's configs are compiled for (eurokernels/inspect/aot.py TARGETS).
+FAMILY_TARGETS = {"sm_80": ("sm_80",), "sm_90": ("sm_90",), "hip": ("gfx90a", "gfx942")}
+
+
+def gpu_family(device):
+    """Which GPU_CONFIGS a device gets: "hip" on ROCm builds, "sm_90" on Hopper (compute capability 9.x), else
+    "sm_80" (Ampere; Ada and Blackwell also take these, unchecked: inspect compiles for sm_80 and sm_90 only)."""
+    if torch.version.hip:
+        return "hip"
+    return "sm_90" if torch.cuda.get_device_capability(device)[0] == 9 else "sm_80"
+
+
+# fp32 inputs (every GPU family): a deliberate fallback, not tuned for zero spills (marked `fallback` in
+# aot_specs(); the README gives the counts); tiles twice the size in registers and shared memory, so smaller query
+# blocks. Head dims up to 128 only: at 256 the dk/dv and dq kernels spill on gfx90a/gfx942 at every block shape tried (and the forward needs
 # more shared memory than an A100 has), so the launcher refuses fp32 with head_dim > 128.
 GPU_CONFIGS_FP32 = {
     "fwd": {16: AttnConfig(128, 64, 4), 32: AttnConfig(128, 64, 4), 64: AttnConfig(64, 64, 4),
@@ -368,7 +417,8 @@ def config(kernel, head_dim, device, dtype):
                                   f"{head_dim}; use bfloat16/float16, or the cpu or reference backend")
     if device.type == "cpu" and triton_interpreter_enabled():
         return INTERPRETER_CONFIG
-    return (GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS)[kernel][block_d(head_dim)]
+    table = GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS[gpu_family(device)]
+    return table[kernel][block_d(head_dim)]
 
 
 def _precision(dtype):
@@ -398,7 +448,7 @@ def _launch(kernel, name, pointers, n_heads, max_len, q, k, cu_q, cu_k, softmax_
         *pointers, cu_q, cu_k, total_q, n_heads, group=hq // k.shape[1], head_dim=d, qk_scale=qk_scale, softcap=cap,
         window_left=UNBOUNDED if left < 0 else left, window_right=UNBOUNDED if right < 0 else right, **scalars,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
-        DOT_PRECISION=_precision(q.dtype), num_warps=cfg.num_warps)
+        DOT_PRECISION=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def forward(q, k, v, cu_q, cu_k, max_q, max_k, scale, left, right, softcap):
@@ -437,30 +487,35 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
 
 def aot_specs():
     """Every kernel x launch configuration the launchers can pick on a GPU, for the AOT checks (eurokernels/inspect):
-    with a softcap (the heaviest variant), for every padded head dim, in bf16 (fp16 compiles to the same code) and
-    in fp32 (head dims <= 128; twice the registers and shared memory per tile; exact "ieee" dots), with the alignment the JIT assumes
-    for strides and head dims that are multiples of 8 elements."""
+    with a softcap (the heaviest variant), for every padded head dim; in bf16 (fp16 compiles to the same code) per
+    GPU family, compiled for that family's targets only; and in fp32 (head dims <= 128; twice the registers and
+    shared memory per tile; exact "ieee" dots) for every target, marked `fallback` (those spill: see the README).
+    Alignment as the JIT specializes it for head dims 64/128/256: pointers 16-byte aligned, head_dim and strides
+    divisible by 16."""
     specs = []
-    for bd in sorted(GPU_CONFIGS["fwd"]):
-        specs += _specs_for("bf16", bd)
+    for family, configs in GPU_CONFIGS.items():
+        for bd in sorted(configs["fwd"]):
+            specs += _specs_for("bf16", bd, configs, family)
     for bd in sorted(GPU_CONFIGS_FP32["fwd"]):
-        specs += _specs_for("fp32", bd)
+        specs += _specs_for("fp32", bd, GPU_CONFIGS_FP32, None)
     return specs
 
 
-def _specs_for(dtype, bd):
+def _specs_for(dtype, bd, configs, family):
     ptr, i32, f32 = f"*{dtype}", "i32", "fp32"
-    suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else "")
-    configs = GPU_CONFIGS_FP32 if dtype == "fp32" else GPU_CONFIGS
+    suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else f"_{family.replace('_', '')}")
+    extra = (dict(fallback="fp32 inputs: spills accepted, never picked for bf16/fp16") if family is None
+             else dict(targets=FAMILY_TARGETS[family]))
     qkv = dict(Q=ptr, stride_q_tok=i32, stride_q_head=i32, K=ptr, stride_k_tok=i32, stride_k_head=i32,
                V=ptr, stride_v_tok=i32, stride_v_head=i32)
     qkv_aligned = ["Q", "stride_q_tok", "stride_q_head", "K", "stride_k_tok", "stride_k_head", "V", "stride_v_tok",
-                   "stride_v_head"]
+                   "stride_v_head", "head_dim"]
     base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION="ieee" if dtype == "fp32" else None)
     specs = []
     cfg = configs["fwd"][bd]
     specs.append(dict(
         name=f"attention_fwd_{suffix}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **extra,
         signature=dict(qkv, O=ptr, LSE="*fp32", CU_Q="*i32", CU_K="*i32", total_q=i32, n_heads_q=i32,
                        group=i32, head_dim=i32, qk_scale=f32, softcap=f32, window_left=i32, window_right=i32),
         constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
@@ -472,19 +527,21 @@ def _specs_for(dtype, bd):
     cfg = configs["dkdv"][bd]
     specs.append(dict(
         name=f"attention_bwd_dkdv_{suffix}", kernel=attention_bwd_dkdv_kernel, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **extra,
         signature=dict(bwd_sig, DK=ptr, DV=ptr, **tail, n_heads_k=i32, **scalars),
         constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
         aligned=bwd_aligned + ["DK", "DV"]))
     cfg = configs["dq"][bd]
     specs.append(dict(
         name=f"attention_bwd_dq_{suffix}", kernel=attention_bwd_dq_kernel, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **extra,
         signature=dict(bwd_sig, DQ=ptr, **tail, n_heads_q=i32, **scalars),
         constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
         aligned=bwd_aligned + ["DQ"]))
     specs.append(dict(
-        name=f"attention_bwd_preprocess_{suffix}", kernel=attention_bwd_preprocess_kernel, num_warps=4,
+        name=f"attention_bwd_preprocess_{suffix}", kernel=attention_bwd_preprocess_kernel, num_warps=4, **extra,
         signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
                        stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
         constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
-        aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA"]))
+        aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA", "head_dim"]))
     return specs
