@@ -112,7 +112,7 @@ def rms_norm_bwd_kernel(
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) + offset if HAS_WEIGHT else 1.0
         dw = tl.zeros([BLOCK_N], dtype=tl.float32)
         for row in range(row_start, row_end):
-            r = row
+            r = tl.cast(row, tl.int64)  # int64 on GPU already; a Python int under the interpreter
             rstd = tl.load(RSTD + r)
             dy = tl.load(DY + r * stride_dy_row + cols, mask=mask, other=0.0).to(tl.float32)
             nh = tl.load(H + r * stride_h_row + cols, mask=mask, other=0.0).to(tl.float32) * rstd
@@ -126,7 +126,7 @@ def rms_norm_bwd_kernel(
             tl.store(DW_PARTIAL + cols, dw, mask=mask)
     else:
         for row in range(row_start, row_end):
-            r = row
+            r = tl.cast(row, tl.int64)  # int64 on GPU already; a Python int under the interpreter
             rstd = tl.load(RSTD + r)
             acc = tl.zeros([BLOCK_N], dtype=tl.float32)
             for off in range(0, N, BLOCK_N):

@@ -58,7 +58,7 @@ def _rotate_heads(X, stride_x_head, O, stride_o_head, n_heads, c, sn, head_dim, 
     for h0 in range(0, n_heads, BLOCK_H):
         h = h0 + rows
         hmask = h < n_heads
-        x_row = X + h * stride_x_head
+        x_row = X + h * stride_x_head  # int64 products: the strides come in as int64 (head x stride > 2^31)
         o_row = O + h * stride_o_head
         if INTERLEAVED:  # GPT-J: pairs (2j, 2j + 1), loaded as one contiguous [BLOCK_H, 2 * BLOCK_HALF] tile
             cols2 = tl.arange(0, 2 * BLOCK_HALF)[None, :]
@@ -105,11 +105,18 @@ def rotary_kernel(
     sn = tl.load(SIN + p * half + cols, mask=cmask, other=float("nan")).to(tl.float32)
     if CONJUGATE:
         sn = -sn
-    _rotate_heads(Q + b * (stride_q_batch * ALIGN) + s * (stride_q_seq * ALIGN), stride_q_head * ALIGN,
-                  Q_OUT + b * (stride_qo_batch * ALIGN) + s * (stride_qo_seq * ALIGN), stride_qo_head * ALIGN,
+    # Offsets in int64: b and s are int64, and multiply the strides before ALIGN does (stride * ALIGN alone is the
+    # stride in elements, which can pass 2^31 while the i32 argument stride / ALIGN does not); the head strides
+    # are widened here since _rotate_heads multiplies them by an int32 head index.
+    _rotate_heads(Q + b * stride_q_batch * ALIGN + s * stride_q_seq * ALIGN,
+                  tl.cast(stride_q_head, tl.int64) * ALIGN,
+                  Q_OUT + b * stride_qo_batch * ALIGN + s * stride_qo_seq * ALIGN,
+                  tl.cast(stride_qo_head, tl.int64) * ALIGN,
                   n_q_heads, c, sn, head_dim, half, BLOCK_H, BLOCK_HALF, INTERLEAVED, COPY_PASS)
-    _rotate_heads(K + b * (stride_k_batch * ALIGN) + s * (stride_k_seq * ALIGN), stride_k_head * ALIGN,
-                  K_OUT + b * (stride_ko_batch * ALIGN) + s * (stride_ko_seq * ALIGN), stride_ko_head * ALIGN,
+    _rotate_heads(K + b * stride_k_batch * ALIGN + s * stride_k_seq * ALIGN,
+                  tl.cast(stride_k_head, tl.int64) * ALIGN,
+                  K_OUT + b * stride_ko_batch * ALIGN + s * stride_ko_seq * ALIGN,
+                  tl.cast(stride_ko_head, tl.int64) * ALIGN,
                   n_k_heads, c, sn, head_dim, half, BLOCK_H, BLOCK_HALF, INTERLEAVED, COPY_PASS)
 
 

@@ -67,12 +67,15 @@ def swiglu_fwd_kernel(
         stride_g_row = stride_g_row // ALIGN * ALIGN
         stride_u_row = stride_u_row // ALIGN * ALIGN
     row = tl.program_id(0).to(tl.int64)  # int64 row offsets: rows * N can pass 2^31
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = cols < N
-    g = tl.load(G + row * stride_g_row + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(U + row * stride_u_row + cols, mask=mask, other=0.0).to(tl.float32)
+    # The column block's start in int64 too (a row of N >= 2^31 elements has 2^19+ blocks of 4096), added to the
+    # scalar row offsets: the per-element offsets stay an int32 arange.
+    col0 = tl.program_id(1).to(tl.int64) * BLOCK_N
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N - col0
+    g = tl.load(G + (row * stride_g_row + col0) + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + (row * stride_u_row + col0) + cols, mask=mask, other=0.0).to(tl.float32)
     a, _ = _activation(g, ACTIVATION)
-    tl.store(Y + row * N + cols, cast_to(a * u, Y.dtype.element_ty), mask=mask)
+    tl.store(Y + (row * N + col0) + cols, cast_to(a * u, Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -94,15 +97,16 @@ def swiglu_bwd_kernel(
         stride_du_row = stride_du_row // ALIGN * ALIGN
     # d_gate = dy * up * act'(gate), d_up = dy * act(gate): the activation recomputed, nothing saved.
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = cols < N
-    dy = tl.load(DY + row * stride_dy_row + cols, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + row * stride_g_row + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(U + row * stride_u_row + cols, mask=mask, other=0.0).to(tl.float32)
+    col0 = tl.program_id(1).to(tl.int64) * BLOCK_N  # int64, as in the forward
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N - col0
+    dy = tl.load(DY + (row * stride_dy_row + col0) + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + (row * stride_g_row + col0) + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + (row * stride_u_row + col0) + cols, mask=mask, other=0.0).to(tl.float32)
     a, da = _activation(g, ACTIVATION)
     DTYPE = DG.dtype.element_ty
-    tl.store(DG + row * stride_dg_row + cols, cast_to(dy * u * da, DTYPE), mask=mask)
-    tl.store(DU + row * stride_du_row + cols, cast_to(dy * a, DTYPE), mask=mask)
+    tl.store(DG + (row * stride_dg_row + col0) + cols, cast_to(dy * u * da, DTYPE), mask=mask)
+    tl.store(DU + (row * stride_du_row + col0) + cols, cast_to(dy * a, DTYPE), mask=mask)
 
 
 def _config(n):
