@@ -9,6 +9,8 @@ first) of a tensor just over 2^31 elements against the reference on those rows a
 - cuda backend under the simulation: the same index math driven by strides instead of size — two rows 2^31 + 64
   elements apart in one (lazily allocated, mostly untouched) storage — since simulating half a million blocks would
   take hours. In-place variants (the cross-entropy gradient, rotary) cover the store side too.
+- triton backend under the interpreter: strides just under 2^31 (i32 arguments) and an index taking their product
+  past it (row, head or token 2 of a stride of 2^30 + 64), for every Triton op (see the section below).
 Each needs ~9 GiB of memory; they are skipped, saying so, where the machine has less free.
 """
 import pytest
@@ -275,4 +277,22 @@ def test_triton_attention_token_offsets_past_int32():
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     dout = torch.randn(out.shape).to(out.dtype)
     torch.testing.assert_close(torch.autograd.grad(out, qkv, dout), torch.autograd.grad(want, dense, dout),
+                               rtol=0, atol=0)
+
+
+@interp
+@lazy_memory
+def test_triton_attention_head_offsets_past_int32():
+    """q's head 2 starts 2^31 + 128 elements in (head stride 2^30 + 64; GQA: 3 query heads on one kv head),
+    forward and backward. (lse, delta and the outputs are the kernels' own contiguous tensors: their head x
+    total_q and token x heads x head_dim products are bounded by a tensor that exists.)"""
+    d = 16
+    q = _lazy((1, 2, 3, d), (3 * NEAR, d, NEAR, 1), dtype=torch.float16).requires_grad_()
+    k, v = (torch.randn(1, 2, 1, d).to(torch.float16).requires_grad_() for _ in range(2))
+    dense = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    out = ek.attention(q, k, v, backend="triton")
+    want = ek.attention(*dense, backend="triton")
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    dout = torch.randn(out.shape).to(out.dtype)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(want, dense, dout),
                                rtol=0, atol=0)
