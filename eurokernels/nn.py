@@ -94,7 +94,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     assign that parameter to ``self.weight``."""
 
     def __init__(self, hidden_size, vocab_size, bias=False, *, ignore_index=-100, reduction="mean",
-                 label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, grad_in_forward=False,
+                 label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None, grad_in_forward=None,
                  backend=None, device=None, dtype=None):
         super().__init__()
         self.hidden_size, self.vocab_size = hidden_size, vocab_size

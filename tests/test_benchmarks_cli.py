@@ -56,3 +56,24 @@ def test_gpu_check_budget_drops_from_the_end():
     assert [s[0] for s in gpu_check.plan(all_steps, None)[0]] == [s[0] for s in all_steps]
     with pytest.raises(SystemExit):
         gpu_check.main(["--budget", "-5"])
+
+
+def test_lm_head_comparison_tiny(tmp_path):
+    # benchmarks.lm_head (the LM-head comparison, one process per row) at a tiny shape: every requested provider
+    # reports a time and a workspace, or says why it cannot run (a peer not installed); the JSON holds the rows.
+    out = tmp_path / "lm_head.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.lm_head", "--shapes", "64x32x1000", "--dtypes",
+                           "float32", "--providers", "eurokernels,eurokernels[tiled],cut-cross-entropy,matmuls",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "vs matmuls" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["eurokernels", "eurokernels[tiled]", "cut-cross-entropy", "matmuls"]
+    for r in rows:
+        if r["provider"] == "cut-cross-entropy" and r["status"]:
+            assert r["status"].startswith("not installed"), r  # an optional peer: named, never faked
+            continue
+        assert r["status"] is None and r["s"] > 0 and r["workspace_mb"] is not None, r
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.lm_head", "--providers", "liger"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--providers: unknown provider 'liger'" in bad.stderr

@@ -109,6 +109,30 @@ def test_linear_grad_in_forward_upstream_scaling(device):
     torch.testing.assert_close(h.grad, (unit.float() * 0.75).bfloat16(), atol=0, rtol=0)
 
 
+def test_linear_grad_in_forward_unit_gradient_uncopied():
+    # A unit upstream gradient in a backward that frees the graph hands the stored gradients over without a copy
+    # (no [V, H] allocation in the backward); with retain_graph they are copied, so repeated backwards accumulate
+    # correctly and never see a gradient mutated by .grad accumulation; the results carry no graph.
+    h = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(1000, 32, requires_grad=True)
+    y = torch.randint(0, 1000, (64,))
+    loss = ek.linear_cross_entropy(h, w, y, grad_in_forward=True)
+    with Allocations() as back:
+        loss.backward()
+    assert back.largest < w.numel() * 4, back.largest
+    once = w.grad.clone()
+    assert not w.grad.requires_grad and w.grad.grad_fn is None
+    w.grad = None
+    loss = ek.linear_cross_entropy(h, w, y, grad_in_forward=True)
+    for _ in range(2):
+        loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(w.grad, 3 * once, atol=1e-6, rtol=1e-6)
+    g = torch.autograd.grad(ek.linear_cross_entropy(h, w, y, grad_in_forward=True), w)[0]
+    assert not g.requires_grad
+    torch.testing.assert_close(g, once, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_linear_cross_entropy_low_precision(device, backend, dtype):
     # Against fp64 truth on the same low-precision inputs, bounded by F.linear + F.cross_entropy's own error in that
@@ -224,6 +248,15 @@ class LiveMemory(TorchDispatchMode):
         return out
 
 
+class Allocations(LiveMemory):
+    """LiveMemory counting only ops that allocate (a view or detach of an existing tensor is not an allocation)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view:
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
 def test_linear_cross_entropy_memory_bounded_by_chunk():
     # The op's cpu implementation (the same code the registered op runs; a dispatch mode cannot look inside a
     # custom op) never holds more than a tile of logits; eager F.linear + F.cross_entropy holds several N x V.
@@ -250,6 +283,73 @@ def test_linear_cross_entropy_memory_bounded_by_chunk():
     assert eager.peak >= 2 * nv_bytes
     # And the numbers agree.
     torch.testing.assert_close(grads[1], ww.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,n,path", [
+    (torch.float32, 29, "grad_in_forward"),   # fp32: 3 matmuls, d_weight accumulated in place over 4 chunks
+    (torch.bfloat16, 29, "tiled"),            # 16-bit over several chunks would need an fp32 [V, H] accumulator
+    (torch.bfloat16, 6, "grad_in_forward"),   # 16-bit tokens that fit in one chunk: nothing to accumulate
+], ids=["fp32-chunks", "bf16-chunks", "bf16-one-chunk"])
+def test_linear_automatic_mode(monkeypatch, device, backend, dtype, n, path):
+    # The default (grad_in_forward=None) picks the path by the rule of the module docstring; shrunk chunk bounds
+    # make the small case take several chunks. Results against fp64 truth either way.
+    if backend == "reference":
+        path = "tiled"  # the reference is the unchunked oracle: never the chunked 3-matmul path
+    from eurokernels.ops import _ce_tiling
+    v, hdim = 100, 24
+    monkeypatch.setattr(_ce_tiling, "AUTO_TILE_BYTES", 8 * v * 4)  # 8 fp32 rows per chunk
+    monkeypatch.setattr(_ce_tiling, "AUTO_MIN_TOKENS", 1)
+    h = torch.randn(n, hdim, device=device).to(dtype)
+    w = (torch.randn(v, hdim, device=device) * 0.3).to(dtype)
+    b = torch.randn(v, device=device).to(dtype)
+    labels = torch.randint(0, v, (n,), device=device)
+    labels[1] = IGNORE
+    ins = [t.clone().requires_grad_() for t in (h, w, b)]
+    loss = ek.linear_cross_entropy(ins[0], ins[1], labels, bias=ins[2], backend=backend)
+    assert ("grad_in_forward" in _autograd_nodes(loss)) == (path == "grad_in_forward"), _autograd_nodes(loss)
+    tru = [t.double().requires_grad_() for t in (h, w, b)]
+    loss_t = linear_truth(*tru, labels, "mean")
+    (loss.double() * 1.5).backward()
+    (loss_t * 1.5).backward()
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(loss.double(), loss_t, **tol)
+    for name, got, t in zip(("d_hidden", "d_weight", "d_bias"), ins, tru):
+        torch.testing.assert_close(got.grad.double(), t.grad, **tol, msg=name)
+    # Per-token results and lse need the tiled path whatever the dtype.
+    loss_none = ek.linear_cross_entropy(ins[0], ins[1], labels, reduction="none", backend=backend)
+    assert "grad_in_forward" not in _autograd_nodes(loss_none)
+
+
+def _autograd_nodes(t, depth=4):
+    """The names of the autograd nodes within ``depth`` steps of t (a 16-bit loss ends in a cast node)."""
+    names, frontier = [], [t.grad_fn]
+    for _ in range(depth):
+        frontier = [f for f in frontier if f is not None]
+        names += [type(f).__name__ for f in frontier]
+        frontier = [g for f in frontier for g, _ in f.next_functions]
+    return " ".join(names)
+
+
+def test_linear_automatic_mode_memory():
+    # fp32 weights on the automatic path: d_weight accumulates in place over the token chunks, so beyond the
+    # gradients themselves only a chunk of logits is live (the grad_in_forward=True path with 16-bit weights adds an
+    # fp32 [V, H] buffer; here no tensor of that size but d_weight exists).
+    from eurokernels.ops._ce_core import KERNELS
+    from eurokernels.ops._ce_tiling import forward_with_grads
+    n, hdim, v, chunk = 512, 32, 16000, 64
+    h, w = torch.randn(n, hdim), torch.randn(v, hdim) * 0.1
+    labels = torch.randint(0, v, (n,))
+    ours = LiveMemory()
+    ours.live.update({t.untyped_storage().data_ptr(): 0 for t in (h, w, labels)})  # inputs: views of them are free
+    with ours:
+        _, dh, dw, _ = forward_with_grads(KERNELS["cpu"], h, w, None, labels, (IGNORE, 0.0, 0.0, 0.0), chunk,
+                                          torch.full((n,), 1.0 / n))
+    grad_bytes, chunk_bytes = (n + v) * hdim * 4, chunk * v * 4
+    assert ours.peak <= grad_bytes + chunk_bytes + 64 * 1024, (ours.peak, grad_bytes, chunk_bytes)
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    F.cross_entropy(F.linear(hh, ww), labels).backward()
+    torch.testing.assert_close(dw, ww.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(dh, hh.grad, atol=1e-6, rtol=1e-4)
 
 
 def test_linear_gradcheck_fp64_reference(device):
@@ -300,6 +400,7 @@ def test_linear_errors():
         (dict(hidden=h, weight=w, labels=y[:3]), ValueError, "labels: expected shape"),
         (dict(hidden=h, weight=w, labels=y, chunk_size=0), ValueError, "chunk_size: expected"),
         (dict(hidden=h, weight=w, labels=y, reduction="avg"), ValueError, "reduction: expected one of"),
+        (dict(hidden=h, weight=w, labels=y, grad_in_forward="yes"), TypeError, "grad_in_forward: expected"),
     ]
     for kwargs, exc, msg in cases:
         with pytest.raises(exc, match=msg):

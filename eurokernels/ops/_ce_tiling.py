@@ -10,7 +10,30 @@ from .._ext import cpu as _cpu_ext
 
 # (tokens, vocabulary) per tile: 64 MB of bf16 logits at most (still wide for CPU matmuls)
 DEFAULT_CHUNKS = (4096, 8192)
-FORWARD_GRAD_CHUNK_ELEMENTS = 1 << 27  # grad_in_forward: tokens per chunk = this // V (256 MB of bf16 logits)
+FORWARD_GRAD_CHUNK_ELEMENTS = 1 << 27  # grad_in_forward=True: tokens per chunk = this // V (256 MB of bf16 logits)
+# The automatic mode (linear_cross_entropy's docstring): token chunks of whole vocabulary rows holding at most this
+# many bytes of logits, in multiples of 64 rows and never under AUTO_MIN_TOKENS. At V = 128000 fp32 that is 448 rows
+# (219 MiB): under a quarter of the [2048, V] fp32 logits that an unfused loss (or Cut Cross-Entropy's CPU path)
+# holds at 2048 tokens. The floor keeps the matmuls tall: each chunk's d_weight update reads and writes the whole
+# [V, H] fp32 gradient, and MKL's fp32 GEMMs lose ~10% from 512 to 256 rows and much more below.
+AUTO_TILE_BYTES = 224 << 20
+AUTO_MIN_TOKENS = 256
+# The 3-matmul path's matmuls on CPU, in vocabulary slices of this many columns: the same GEMM shapes as the tiled
+# path's tiles, whose packed weight slice stays in cache (at 2048 x 1024 x 128000 fp32, 512-token chunks: 4.6 s
+# sliced vs 4.8 s whole-row; the unchunked three matmuls on fresh [N, V] buffers took 9.8 s in the same run).
+CPU_VOCAB_SLICE = 8192
+
+
+def auto_token_chunk(n, v, dtype):
+    """The automatic mode's choice: tokens per chunk for the 3-matmul gradient-in-forward path, or None for the
+    4-matmul tiled path. The 3-matmul path needs d_weight accumulated over token chunks: in place when d_weight is
+    fp32 (no extra memory), but a 16-bit weight gradient would need an fp32 [V, H] accumulator, twice the weight --
+    more than the logits tile itself at every LM-head shape we serve -- so 16-bit weights take it only when all
+    tokens fit in one chunk (one d_weight matmul, no accumulation)."""
+    rows = max(AUTO_MIN_TOKENS, AUTO_TILE_BYTES // max(1, v * dtype.itemsize) // 64 * 64)
+    if dtype == torch.float32:
+        return min(max(n, 1), rows)
+    return max(n, 1) if n * v * dtype.itemsize <= AUTO_TILE_BYTES else None
 
 
 def chunks(chunk_size):
@@ -194,25 +217,41 @@ def forward_with_grads(kernel, hidden2, weight, bias, labels1, opts, token_chunk
     loss = torch.zeros((), dtype=torch.float32, device=dev)
     dh = _empty(hidden2.shape, dtype=dt, device=dev)
     one_chunk = n <= token_chunk
-    # One token chunk: d_weight is one matmul written straight into its dtype (fp32 accumulation inside it, as in
-    # F.linear's backward); no fp32 [V, H] buffer at all. Several: accumulated over chunks in fp32, in slices.
+    # d_weight over token chunks: one chunk needs no accumulation (one matmul written straight into its dtype, fp32
+    # accumulation inside it, as in F.linear's backward). Several: an fp32 d_weight accumulates in place (each
+    # chunk's GEMM adds into it, beta = 1: no buffer, no extra pass); a 16-bit one in an fp32 [V, H] buffer, in
+    # vocabulary slices, rounded once at the end.
+    in_place = not one_chunk and weight.dtype == torch.float32
     dw = (torch.zeros if n == 0 else _empty)(weight.shape, dtype=weight.dtype, device=dev)  # n = 0: no chunk writes it
-    acc = None if one_chunk else _empty(weight.shape, dtype=torch.float32, device=dev)
+    acc = None if one_chunk or in_place else _empty(weight.shape, dtype=torch.float32, device=dev)
     db = torch.zeros(v, dtype=torch.float32, device=dev) if bias is not None else None
     slice_v = min(v, max(1, (1 << 24) // max(1, hdim)))  # d_weight updated in slices: small temporaries
     tiles = _Scratch(min(n, token_chunk) * v, dt, dev)
-    dw_part = None if one_chunk else _Scratch(slice_v * hdim, dt, dev)
+    dw_part = None if one_chunk or in_place else _Scratch(slice_v * hdim, dt, dev)
+    # fp32 on CPU: every matmul in vocabulary slices (CPU_VOCAB_SLICE), d_hidden accumulated in place over them.
+    step = CPU_VOCAB_SLICE if dev.type == "cpu" and weight.dtype == torch.float32 else v
     for t0 in range(0, n, token_chunk):
         t1 = min(n, t0 + token_chunk)
         h = hidden2[t0:t1]
-        logits = _tile_logits(h, weight, bias, 0, v, tiles.get(t1 - t0, v))
+        logits = tiles.get(t1 - t0, v)
+        for c0 in range(0, v, step):
+            _tile_logits(h, weight, bias, c0, min(v, c0 + step), logits[:, c0:c0 + step])
         l_t, _ = kernel(logits, labels1[t0:t1], None, row_scale[t0:t1], None, logits, ignore_index, label_smoothing,
                         z_loss, softcap, 0, v)  # logits now hold d_logits
         loss += (l_t * row_scale[t0:t1]).sum()
-        _mm(logits, weight, dh[t0:t1])
-        if one_chunk:
-            _mm(logits.t(), h, dw)
+        if one_chunk or in_place:
+            for c0 in range(0, v, step):
+                g, w = logits[:, c0:c0 + step], weight[c0:c0 + step]
+                if c0 == 0:
+                    _mm(g, w, dh[t0:t1])
+                else:  # only with step < v, i.e. fp32: in place
+                    dh[t0:t1].addmm_(g, w)
+                if t0 == 0:
+                    _mm(g.t(), h, dw[c0:c0 + step])
+                else:  # in_place: fp32 d_weight, this chunk's GEMM adds into it
+                    dw[c0:c0 + step].addmm_(g.t(), h)
         else:
+            _mm(logits, weight, dh[t0:t1])
             for c0 in range(0, v, slice_v):
                 c1 = min(v, c0 + slice_v)
                 part = _mm(logits[:, c0:c1].t(), h, dw_part.get(c1 - c0, hdim))

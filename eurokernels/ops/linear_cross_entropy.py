@@ -35,8 +35,22 @@ of d_weight, accumulated over token chunks in an fp32 [V, H] buffer (in vocabula
 small; when all tokens fit in one chunk, d_weight is a single matmul and there is no buffer). 3 matmuls in all, all
 during the forward; the backward only scales the stored gradients by the upstream gradient of the (scalar) loss.
 Extra memory: the [T, V] chunk plus, with several chunks, the fp32 [V, H] accumulator (twice a bf16 weight) --
-more than the default path, still far below N x V. Used for reduction "sum" / "mean" without return_lse when a
-gradient is needed; otherwise the default path runs.
+more than the tiled path, still far below N x V. Used for reduction "sum" / "mean" without return_lse when a
+gradient is needed; otherwise the tiled path runs.
+
+The automatic mode (``grad_in_forward=None``, the default, with ``chunk_size=None``) picks the path that is both fast
+and small. The 3-matmul path holds one chunk of whole vocabulary rows plus whatever d_weight needs to be summed over
+the chunks. An fp32 d_weight needs nothing: each chunk's GEMM adds into it in place. So fp32 weights take the
+3-matmul path, with chunks of at most AUTO_TILE_BYTES of logits (224 MiB; never under 256 tokens, so the d_weight
+GEMMs stay tall). A 16-bit d_weight would need an fp32 [V, H] accumulator, twice the weight, which is more than the
+logits an unfused loss holds at the token counts of LM training. So 16-bit weights take the 4-matmul tiled path,
+except when all tokens fit in one such chunk: one d_weight matmul, nothing to accumulate.
+Measured on 2 cores against Cut Cross-Entropy's CPU path (benchmarks/lm_head.py, one process per run; README, "The
+LM head"): fp32 at 0.92-0.97x CCE's time with 0.06-0.22x its workspace, 0.97-1.03x the three bare matmuls; bf16 at
+2048 x 1024 x 128000 0.83x its time, 0.10x its memory. bf16 at 4096 x 2304 x 256000 is 1.24x CCE's time: the tiled
+path's 4 matmuls cost 1.33x the 3 (CCE's CPU path holds the [N, V] logits instead, 2 GB there), and the fp32
+accumulator the 3-matmul path would need is 2.4 GB; ``grad_in_forward=True`` buys the speed with that memory.
+``grad_in_forward=True`` / ``False`` force a path.
 
 Batch invariance. A token's loss and lse come from its row of each logits tile, and a matmul's row can change in
 the last bit with the number of rows it is computed with: on CPU, fp32 ``mm`` with 1 to 7 rows takes another MKL
@@ -54,14 +68,14 @@ from .. import reference as ref
 from .._registry import define_op
 from ._ce_core import (KERNELS, check_labels_on_cpu, check_lm_head, check_loss_args, check_weighting, finish,
                        reduce_loss, row_scale, vocab_sharded_dtensor)
-from ._ce_tiling import (DEFAULT_CHUNKS, FORWARD_GRAD_CHUNK_ELEMENTS, chunks, forward_with_grads, scaled,
-                         tiled_backward, tiled_forward)
+from ._ce_tiling import (DEFAULT_CHUNKS, FORWARD_GRAD_CHUNK_ELEMENTS, auto_token_chunk, chunks, forward_with_grads,
+                         scaled, tiled_backward, tiled_forward)
 
 BATCH_INVARIANT_TOKENS = 64  # rows of every matmul with batch_invariant=True (16 or more take MKL's blocked path)
 
 
 def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
-                         softcap=None, reduction="mean", return_lse=False, chunk_size=None, grad_in_forward=False,
+                         softcap=None, reduction="mean", return_lse=False, chunk_size=None, grad_in_forward=None,
                          token_weights=None, loss_dtype=None, batch_invariant=False, backend=None):
     """``cross_entropy(hidden @ weight.T + bias, labels, ...)`` without materializing the logits.
 
@@ -75,9 +89,13 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
             eurokernels.cross_entropy.
         chunk_size: vocabulary columns per tile (int) or ``(tokens, vocabulary)`` per tile; default (4096, 8192).
             Extra memory is about one tile of logits, independent of N x V. With grad_in_forward, the tokens per
-            chunk (default: 2^27 // V, about 1000 at V = 128K: CPU matmuls need tall chunks).
-        grad_in_forward: 3 matmuls instead of 4, gradients computed in the forward, at the cost of an fp32
-            [V, H] accumulator (see the module docstring); reduction "sum" / "mean" without return_lse only.
+            chunk (default: 2^27 // V, about 1000 at V = 128K: CPU matmuls need tall chunks; the automatic mode's
+            own choice when chunk_size is None).
+        grad_in_forward: None (default): automatic, see the module docstring (fp32 weights: 3 matmuls in
+            bounded token chunks; 16-bit weights: the tiled path unless the tokens fit in one chunk). True: 3
+            matmuls instead of 4, gradients computed in the forward, with an fp32 [V, H] accumulator for a 16-bit
+            weight over several chunks. False: the 4-matmul tiled path. Reduction "sum" / "mean" without
+            return_lse only; otherwise the tiled path runs.
         batch_invariant: make each token's loss and lse bitwise independent of the rest of the batch (see the
             module docstring; for reinforcement learning's log-probability comparisons). Not with grad_in_forward
             or chunk_size. The reference backend is PyTorch's own unchunked math and makes no such promise.
@@ -102,6 +120,7 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
     softcap = check_loss_args(logits_like, labels, ignore_index, label_smoothing, z_loss, softcap, reduction, dtypes)
     check_weighting(token_weights, labels, loss_dtype)
     token_chunk, vocab_chunk = chunks(chunk_size)
+    token_chunk_auto = None
     if not isinstance(batch_invariant, bool):
         raise TypeError(f"batch_invariant: expected a bool, got {batch_invariant!r}")
     if batch_invariant:
@@ -112,9 +131,16 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, ignore_index=-100
                                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap or None,
                                 reduction=reduction, return_lse=return_lse, token_weights=token_weights,
                                 loss_dtype=loss_dtype, backend=backend)
+    if grad_in_forward is not None and not isinstance(grad_in_forward, bool):
+        raise TypeError(f"grad_in_forward: expected None (automatic), True or False, got {grad_in_forward!r}")
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if grad_in_forward is None and chunk_size is None and backend != "reference":  # the automatic mode
+        token_chunk_auto = auto_token_chunk(hidden.numel() // max(1, hidden.shape[-1]), weight.shape[0], weight.dtype)
+        grad_in_forward = token_chunk_auto is not None
     if grad_in_forward and needs_grad and reduction != "none" and not return_lse:
-        if chunk_size is None or isinstance(chunk_size, int):
+        if chunk_size is None and token_chunk_auto is not None:
+            token_chunk = token_chunk_auto
+        elif chunk_size is None or isinstance(chunk_size, int):
             token_chunk = max(1, FORWARD_GRAD_CHUNK_ELEMENTS // weight.shape[0])
         scale = row_scale(labels, ignore_index, reduction, token_weights)
         loss = torch.ops.eurokernels.linear_cross_entropy_grad_in_forward(
@@ -298,7 +324,22 @@ def _backward_grads(ctx, dloss, *_):
     if dloss is None:
         return (None,) * 11
     g = dloss.float()
+    if _unit_and_final(g):
+        # The usual upstream gradient of a loss, in a backward that frees the graph: the stored gradients are the
+        # answer. Handing them over uncopied saves a [V, H] copy of d_weight (as large as the weight in fp32: it
+        # doubled the automatic mode's peak memory); .grad accumulation may then take them over, which is safe only
+        # because no later backward of this graph can read them (with retain_graph one would: copies then).
+        return (dh.detach(), dw.detach(), db.detach() if ctx.has_bias else None) + (None,) * 8
     return (scaled(dh, g), scaled(dw, g), scaled(db, g) if ctx.has_bias else None) + (None,) * 8
+
+
+def _unit_and_final(g):
+    """g is a real CPU scalar equal to 1 (no device sync to read it; not a trace's stand-in) and this backward
+    frees the graph (retain_graph=False)."""
+    if type(g) is not torch.Tensor or g.device.type != "cpu" or g.dim() != 0 or torch.compiler.is_compiling():
+        return False
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keep is not None and not keep() and g.item() == 1.0
 
 
 _fwd_grads.register_autograd(_backward_grads, setup_context=_setup_context_grads)
