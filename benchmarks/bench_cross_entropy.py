@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import eurokernels as ek
 from eurokernels.ops._ce_tiling import cpu_gemm16_native
 
+from . import peers
 from .harness import Case, benchmark_test, our_backends
 
 CE_SHAPES = [(8192, 128000), (4096, 256000)]
@@ -80,7 +81,12 @@ def _ce_shape(tokens, vocab, device):
         fwd["eager"] = functools.partial(F.cross_entropy, x, y)
         fwd["compile"] = functools.partial(_compiled_ce(), x, y)
     fwd["floor"] = x.amax
-    out.append(Case("cross_entropy", label, "fwd", fwd, bytes=elems * 2, floor="floor"))
+    gpu, missing = peers.cross_entropy(device)  # Liger / quack on CUDA (benchmarks/peers.py)
+    with torch.no_grad():
+        ours = ek.cross_entropy(x, y)
+    gpu = {n: f for n, f in gpu.items() if peers.agrees(label, n, functools.partial(f, x, y), ours)}
+    fwd.update({n: functools.partial(f, x, y) for n, f in gpu.items()})
+    out.append(Case("cross_entropy", label, "fwd", fwd, bytes=elems * 2, floor="floor", missing=dict(missing)))
 
     xg = x.detach().requires_grad_()
 
@@ -101,9 +107,10 @@ def _ce_shape(tokens, vocab, device):
         both["eager"] = fwd_bwd(F.cross_entropy)
         both["compile"] = fwd_bwd(_compiled_ce())
     both["floor"] = lambda: (x.amax(), x.clone())
+    both.update({n: fwd_bwd(f) for n, f in gpu.items()})
     # bytes a perfect two-pass implementation moves: read the logits (forward), read them again and write the
     # gradient (backward)
-    out.append(Case("cross_entropy", label, "fwd+bwd", both, bytes=3 * elems * 2, floor="floor"))
+    out.append(Case("cross_entropy", label, "fwd+bwd", both, bytes=3 * elems * 2, floor="floor", missing=missing))
     return out
 
 
@@ -123,7 +130,7 @@ def _lce_shape(tokens, hidden, vocab, device):
     def grads(f):
         return lambda: torch.autograd.grad(f(), (h, w))
 
-    providers = {}
+    providers, missing = {}, {}
     for b in our_backends(device, "cross_entropy"):
         providers[f"eurokernels[{b}]"] = grads(lambda b=b: ek.linear_cross_entropy(h, w, y, backend=b))
         providers[f"eurokernels[{b},grad_in_forward]"] = grads(
@@ -139,38 +146,40 @@ def _lce_shape(tokens, hidden, vocab, device):
             providers["compile"] = grads(lambda: _compiled_lce()(h, w, y))
         else:
             _note(f"{label}: eager / compile left out (about {5 * tokens * vocab * 2 / 2**30:.0f} GiB)")
-        providers.update(_lce_peers(h, w, y, label, grads))
+        checked, missing = _lce_peers(h, w, y, label, grads)
+        providers.update(checked)
     out.append(Case("linear_cross_entropy", label, "fwd+bwd", providers, flops=3 * 2 * tokens * hidden * vocab,
-                    out_bytes=(h.numel() + w.numel()) * h.element_size()))
+                    out_bytes=(h.numel() + w.numel()) * h.element_size(), missing=missing))
     return out
 
 
 def _lce_peers(h, w, y, label, grads):
     """The fused LM-head losses of other projects that run here, each checked once against ours on these inputs
-    (a wrong answer is reported and left out, never timed); a missing one is reported as not installed."""
-    peers = {}
+    (a wrong answer is reported and left out, never timed); a missing one is reported as not installed: returns
+    ({name: timed callable}, {name: status}) for Case.providers / Case.missing. On CUDA, Liger's fused linear
+    cross-entropy too (benchmarks/peers.py)."""
+    found, missing = {}, {}
+    impl = "torch_compile" if h.device.type == "cpu" else "cce"
     if hasattr(torch.nn, "LinearCrossEntropyOptions"):  # torch >= 2.13: its chunked path
-        peers["torch F.linear_cross_entropy chunked"] = lambda: F.linear_cross_entropy(
+        found["torch F.linear_cross_entropy chunked"] = lambda: F.linear_cross_entropy(
             h, w, y, options=torch.nn.LinearCrossEntropyOptions())
     else:
         _note(f"{label}: torch's chunked F.linear_cross_entropy not in this torch")
+        missing["torch F.linear_cross_entropy chunked"] = "not installed (torch < 2.13)"
     try:
         from cut_cross_entropy import linear_cross_entropy as cce
-        impl = "torch_compile" if h.device.type == "cpu" else "cce"
-        peers[f"cut-cross-entropy[{impl}]"] = lambda: cce(h, w, y, impl=impl)
+        found[f"cut-cross-entropy[{impl}]"] = lambda: cce(h, w, y, impl=impl)
     except ImportError:
         _note(f"{label}: cut-cross-entropy not installed (pip install eurokernels[peers])")
+        missing[f"cut-cross-entropy[{impl}]"] = "not installed"
+    gpu, gpu_missing = peers.linear_cross_entropy(h.device)
+    found.update({n: functools.partial(f, h, w, y) for n, f in gpu.items()})
+    missing.update(gpu_missing)
     with torch.no_grad():
-        ours = ek.linear_cross_entropy(h, w, y).float()
-    checked = {}
-    for name, f in peers.items():
-        with torch.no_grad():
-            theirs = f().float()
-        if torch.allclose(theirs, ours, rtol=2e-2, atol=2e-2):  # bf16 logits: both round them once
-            checked[name] = grads(f)
-        else:
-            _note(f"{label}: {name} left out: its loss {theirs.item():.4f} differs from ours {ours.item():.4f}")
-    return checked
+        ours = ek.linear_cross_entropy(h, w, y)
+    # bf16 logits: both round them once
+    checked = {n: grads(f) for n, f in found.items() if peers.agrees(label, n, f, ours, tol=(2e-2, 2e-2))}
+    return checked, missing
 
 
 def cases(device, quick=False):

@@ -13,6 +13,7 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
+from . import peers
 from .harness import Case, benchmark_test, our_backends
 
 SHAPES = [(t, h) for t in (4096, 8192, 16384) for h in (2048, 4096, 6144)]
@@ -42,7 +43,12 @@ def _shape_cases(tokens, hidden, device):
     fwd["eager"] = functools.partial(eager, x, w)
     fwd["compile"] = functools.partial(_compiled_reference(), x, w)
     fwd["floor"] = x.clone
-    out.append(Case("rms_norm", label, "fwd", fwd, bytes=2 * elems * 2, floor="floor"))
+    gpu, missing = peers.rms_norm(device, 1e-6)  # Liger / quack on CUDA (benchmarks/peers.py)
+    with torch.no_grad():
+        want = ek.rms_norm(x, w)
+    gpu = {n: f for n, f in gpu.items() if peers.agrees(label, n, functools.partial(f, x, w), want)}
+    fwd.update({n: functools.partial(f, x, w) for n, f in gpu.items()})
+    out.append(Case("rms_norm", label, "fwd", fwd, bytes=2 * elems * 2, floor="floor", missing=dict(missing)))
 
     xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
 
@@ -53,7 +59,8 @@ def _shape_cases(tokens, hidden, device):
     both["eager"] = fwd_bwd(eager)
     both["compile"] = fwd_bwd(_compiled_reference())
     both["floor"] = lambda: (x.clone(), torch.add(x, dy))
-    out.append(Case("rms_norm", label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor"))
+    both.update({n: fwd_bwd(f) for n, f in gpu.items()})
+    out.append(Case("rms_norm", label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor", missing=missing))
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
+from . import peers
 from .harness import Case, benchmark_test, our_backends
 
 N_Q_HEADS, N_KV_HEADS, HEAD_DIM = 32, 8, 128  # EuroLLM-9B
@@ -55,7 +56,13 @@ def _shape_cases(tokens, device):
     fwd["eager"] = functools.partial(_eager, q, k, cos, sin)
     fwd["compile"] = functools.partial(_compiled_reference(), q, k, cos, sin)
     fwd["floor"] = lambda: (q.clone(), k.clone())
-    out.append(Case("rotary", label, "fwd", fwd, bytes=2 * qk_bytes + table_bytes, floor="floor", meta=meta))
+    gpu, missing = peers.rotary(device, cos, sin)  # Liger on CUDA (benchmarks/peers.py)
+    with torch.no_grad():
+        want = ek.apply_rotary(q, k, cos, sin)
+    gpu = {n: f for n, f in gpu.items() if peers.agrees(label, n, functools.partial(f, q, k), want)}
+    fwd.update({n: functools.partial(f, q, k) for n, f in gpu.items()})
+    out.append(Case("rotary", label, "fwd", fwd, bytes=2 * qk_bytes + table_bytes, floor="floor", meta=meta,
+                    missing=dict(missing)))
 
     qg, kg = q.detach().requires_grad_(), k.detach().requires_grad_()
 
@@ -67,8 +74,9 @@ def _shape_cases(tokens, device):
     both["eager"] = fwd_bwd(functools.partial(_eager, cos=cos, sin=sin))
     both["compile"] = fwd_bwd(functools.partial(_compiled_reference(), cos=cos, sin=sin))
     both["floor"] = lambda: (q.clone(), k.clone(), dq.clone(), dk.clone())
+    both.update({n: fwd_bwd(f) for n, f in gpu.items()})
     out.append(Case("rotary", label, "fwd+bwd", both, bytes=4 * qk_bytes + 2 * table_bytes, floor="floor",
-                    meta=meta))
+                    meta=meta, missing=missing))
 
     # In place: the buffers are rotated again on every call (a rotation keeps them finite and of equal norm).
     qb, kb = q.clone(), k.clone()

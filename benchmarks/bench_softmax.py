@@ -13,6 +13,7 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
+from . import peers
 from .harness import Case, benchmark_test, our_backends
 
 SHAPES = [(rows, v) for rows in (1024, 4096) for v in (128000, 262144)]
@@ -44,6 +45,11 @@ def _shape_cases(rows, v, log, device):
     fwd["torch"] = functools.partial(torch.log_softmax if log else torch.softmax, x, -1)  # bf16 in/out, fused
     fwd["compile"] = functools.partial(_compiled_reference(log), x)
     fwd["floor"] = x.clone
+    gpu, missing = peers.softmax(device, log)  # quack on CUDA (benchmarks/peers.py)
+    with torch.no_grad():
+        want = op(x)
+    gpu = {n: f for n, f in gpu.items() if peers.agrees(label, n, functools.partial(f, x), want)}
+    fwd.update({n: functools.partial(f, x) for n, f in gpu.items()})
 
     xg = x.detach().requires_grad_()
 
@@ -55,8 +61,10 @@ def _shape_cases(rows, v, log, device):
     both["torch"] = fwd_bwd(lambda t: (torch.log_softmax if log else torch.softmax)(t, -1))
     both["compile"] = fwd_bwd(_compiled_reference(log))
     both["floor"] = lambda: (x.clone(), torch.add(x, dy))
-    return [Case(name, label, "fwd", fwd, bytes=2 * elems * 2, floor="floor"),
-            Case(name, label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor", out_bytes=elems * 2)]
+    both.update({n: fwd_bwd(f) for n, f in gpu.items()})
+    return [Case(name, label, "fwd", fwd, bytes=2 * elems * 2, floor="floor", missing=dict(missing)),
+            Case(name, label, "fwd+bwd", both, bytes=5 * elems * 2, floor="floor", out_bytes=elems * 2,
+                 missing=missing)]
 
 
 # pytest-benchmark: `pytest benchmarks/bench_softmax.py` runs the quick cases; the CLI covers every shape.

@@ -15,6 +15,7 @@ import torch
 import eurokernels as ek
 from eurokernels import reference
 
+from . import peers
 from .harness import Case, benchmark_test, our_backends
 
 SHAPES = [(t, i) for t in (4096, 8192) for i in (11008, 14336)]
@@ -45,7 +46,12 @@ def _shape_cases(tokens, inter, device):
     fwd["eager"] = functools.partial(eager, g, u)
     fwd["compile"] = functools.partial(_compiled_reference(), g, u)
     fwd["floor"] = functools.partial(torch.mul, g, u)
-    out.append(Case("swiglu", label, "fwd", fwd, bytes=3 * elems * 2, floor="floor"))
+    gpu, missing = peers.swiglu(device)  # Liger on CUDA (benchmarks/peers.py)
+    with torch.no_grad():
+        want = ek.swiglu(g, u)
+    gpu = {n: f for n, f in gpu.items() if peers.agrees(label, n, functools.partial(f, g, u), want)}
+    fwd.update({n: functools.partial(f, g, u) for n, f in gpu.items()})
+    out.append(Case("swiglu", label, "fwd", fwd, bytes=3 * elems * 2, floor="floor", missing=dict(missing)))
 
     gg, ug = g.detach().requires_grad_(), u.detach().requires_grad_()
     xg = fused.detach().requires_grad_()
@@ -59,8 +65,9 @@ def _shape_cases(tokens, inter, device):
     both["eager"] = fwd_bwd(eager)
     both["compile"] = fwd_bwd(_compiled_reference())
     both["floor"] = lambda: (torch.mul(g, u), torch.mul(g, u), dy.clone())
+    both.update({n: fwd_bwd(f) for n, f in gpu.items()})
     # fwd (read 2, write 1) + bwd (read 3, write 2): 8 accesses per element
-    out.append(Case("swiglu", label, "fwd+bwd", both, bytes=8 * elems * 2, floor="floor"))
+    out.append(Case("swiglu", label, "fwd+bwd", both, bytes=8 * elems * 2, floor="floor", missing=missing))
     return out
 
 

@@ -34,6 +34,8 @@ class Case:
     out_bytes: int = 0           # bytes of the results every provider must return (e.g. the gradients): the
                                  # "workspace" column is the peak minus these, the memory a provider adds on top
     meta: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)  # provider name -> status ("not installed", ...): an optional peer
+                                                 # that is not here; reported as a row with that status, no timing
 
 
 def sync(device):
@@ -102,6 +104,8 @@ def run_case(case, device, progress=None, max_seconds=20.0):
     throughput, peak memory, speed-ups against eager / compile and the fraction of the floor."""
     rows = []
     for name, fn in case.providers.items():
+        if name in case.missing:
+            continue
         if progress:
             progress(f"{case.op} {case.mode} {case.label}: {name}")
         gc.collect()
@@ -118,9 +122,14 @@ def run_case(case, device, progress=None, max_seconds=20.0):
             rows[-1]["workspace_mb"] = rows[-1]["peak_mb"] - case.out_bytes / 2**20
     by = {r["provider"]: r["ms"] for r in rows}
     for r in rows:
-        r["floor_fraction"] = by[case.floor] / r["ms"] if case.floor else None  # 1.0 = at the floor
+        r["status"] = None  # measured
+        r["floor_fraction"] = by[case.floor] / r["ms"] if case.floor in by else None  # 1.0 = at the floor
         for other in ("eager", "compile"):
             r[f"speedup_vs_{other}"] = by[other] / r["ms"] if other in by else None
+    for name, status in case.missing.items():  # never faked: a row that says why there is no figure
+        rows.append(dict(op=case.op, case=case.label, mode=case.mode, provider=name, ms=None, gbps=None,
+                         tflops=None, peak_mb=None, status=status, floor_fraction=None, speedup_vs_eager=None,
+                         speedup_vs_compile=None, **case.meta))
     return rows
 
 
@@ -154,12 +163,22 @@ def machine():
     return info
 
 
+def machine_label(info=None):
+    """One line naming the machine for the table header and the plot titles: the GPU's name, or the CPU model, its
+    ATen ISA path (torch.backends.cpu.get_cpu_capability()) and the thread count."""
+    info = machine() if info is None else info
+    if info.get("gpu"):
+        return f"GPU {info['gpu']}, torch {info.get('torch', '?')}"
+    return (f"CPU {info.get('cpu', info.get('processor', '?'))}, ISA {info.get('cpu_capability', '?')}, "
+            f"{info.get('threads', '?')} threads, torch {info.get('torch', '?')}")
+
+
 def format_table(rows):
     cols = [("op", "op", "{}"), ("mode", "mode", "{}"), ("case", "shape", "{}"), ("provider", "provider", "{}"),
             ("ms", "ms", "{:.2f}"), ("gbps", "GB/s", "{:.1f}"), ("tflops", "TFLOP/s", "{:.3f}"),
             ("floor_fraction", "of floor", "{:.0%}"), ("speedup_vs_eager", "vs eager", "{:.1f}x"),
             ("speedup_vs_compile", "vs compile", "{:.2f}x"), ("peak_mb", "peak MB", "{:.0f}"),
-            ("workspace_mb", "workspace MB", "{:.0f}")]
+            ("workspace_mb", "workspace MB", "{:.0f}"), ("status", "status", "{}")]
     cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
     cells = [[c[1] for c in cols]] + [[("" if r.get(k) is None else f.format(r[k])) for k, _, f in cols]
                                       for r in rows]
@@ -170,8 +189,11 @@ def format_table(rows):
 
 
 def write_json(path, rows, device):
+    """Every row (a peer that is not here is a row with its ``status`` and no figures) and the machine: CPU model
+    and ISA path (``machine.cpu``, ``machine.cpu_capability``) or the GPU, and ``machine_label`` as printed."""
+    info = machine()
     with open(path, "w") as f:
-        json.dump(dict(machine=machine(), device=str(device), rows=rows), f, indent=1)
+        json.dump(dict(machine=info, machine_label=machine_label(info), device=str(device), rows=rows), f, indent=1)
 
 
 def benchmark_test(cases_fn):
@@ -199,27 +221,70 @@ def benchmark_test(cases_fn):
     return test
 
 
-def write_plots(rows, outdir):
-    """One PNG per op and mode: throughput (GB/s, or TFLOP/s for compute-bound ops) per shape, a line per provider.
-    Returns the paths written. matplotlib is a benchmark-only dependency (.ci/requirements.txt)."""
+# Plot colours: ours in blues, torch's eager / compile in greys, the floor in black, every peer in a colour of its
+# own (named peers keep theirs across ops and runs; others take the next free one in order of appearance).
+_BLUES = ["#08519c", "#3182bd", "#6baed6", "#2171b5", "#4292c6", "#9ecae1", "#084594", "#c6dbef"]
+_TORCH = {"eager": "#525252", "compile": "#969696"}
+_PEERS = {"sdpa": "#ff7f0e", "flex_attention": "#2ca02c", "cut-cross-entropy": "#d62728",
+          "torch F.linear_cross_entropy": "#9467bd", "liger": "#8c564b", "flash-attn": "#e377c2",
+          "quack": "#bcbd22"}
+_OTHER = ["#17becf", "#7f3b08", "#b2182b", "#1b7837", "#762a83", "#e08214"]
+
+
+def provider_colors(providers):
+    """Provider name -> colour, stable for a given provider list (see the palette above)."""
+    colors, blues, other = {}, iter(_BLUES * 4), iter(_OTHER * 4)
+    for p in dict.fromkeys(providers):
+        if p.startswith("eurokernels"):
+            colors[p] = next(blues)
+        elif p in _TORCH:
+            colors[p] = _TORCH[p]
+        elif p == "floor":
+            colors[p] = "#000000"
+        else:
+            key = next((k for k in _PEERS if p.lower().startswith(k.lower())), None)
+            colors[p] = _PEERS[key] if key else next(other)
+    return colors
+
+
+def write_plots(rows, outdir, machine_info=None):
+    """One PNG per op and mode: throughput (GB/s, or TFLOP/s for compute-bound ops) per provider, in the provider's
+    colour (provider_colors). Several shapes: a line per provider across the shapes; one shape (--quick): a bar per
+    provider (a line through one point reads as nothing). Rows without a figure (a peer not installed) are left
+    out. Each title names the machine (machine_label). Returns the paths written. matplotlib is a benchmark-only
+    dependency (.ci/requirements.txt)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    where = machine_label(machine_info)
+    rows = [r for r in rows if r.get("ms") is not None]
+    colors = provider_colors(r["provider"] for r in rows)
     paths = []
     for op, mode in dict.fromkeys((r["op"], r["mode"]) for r in rows):
         sel = [r for r in rows if r["op"] == op and r["mode"] == mode]
         metric = "tflops" if any(r.get("tflops") for r in sel) else "gbps"
+        unit = "TFLOP/s" if metric == "tflops" else "GB/s"
         cases = list(dict.fromkeys(r["case"] for r in sel))
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cases) + 3), 4.5))
-        for provider in dict.fromkeys(r["provider"] for r in sel):
-            pts = {r["case"]: r[metric] for r in sel if r["provider"] == provider and r.get(metric)}
-            ax.plot(range(len(cases)), [pts.get(c, float("nan")) for c in cases], marker="o", label=provider)
-        ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("TFLOP/s" if metric == "tflops" else "GB/s")
-        ax.set_title(f"{op} {mode}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        providers = list(dict.fromkeys(r["provider"] for r in sel if r.get(metric)))
+        if len(cases) == 1:
+            fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(providers) + 3), 4.5))
+            values = [next(r[metric] for r in sel if r["provider"] == p and r.get(metric)) for p in providers]
+            bars = ax.bar(range(len(providers)), values, color=[colors[p] for p in providers])
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+            ax.set_xticks(range(len(providers)), providers, rotation=30, ha="right", fontsize=8)
+            ax.set_xlabel(cases[0], fontsize=8)
+        else:
+            fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(cases) + 3), 4.5))
+            for provider in providers:
+                pts = {r["case"]: r[metric] for r in sel if r["provider"] == provider and r.get(metric)}
+                ax.plot(range(len(cases)), [pts.get(c, float("nan")) for c in cases], marker="o", label=provider,
+                        color=colors[provider], linestyle="--" if provider == "floor" else "-")
+            ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right", fontsize=8)
+            ax.legend(fontsize=8)
+        ax.set_ylabel(unit)
+        ax.set_title(f"{op} {mode}\n{where}", fontsize=8)
+        ax.grid(alpha=0.3, axis="y" if len(cases) == 1 else "both")
         fig.tight_layout()
         path = os.path.join(outdir, f"{op}_{mode.replace('+', '_')}.png")
         fig.savefig(path, dpi=110)

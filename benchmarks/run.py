@@ -12,7 +12,7 @@ import torch
 
 from eurokernels import manifest
 
-from .harness import format_table, machine, run_case, write_json, write_plots
+from .harness import format_table, machine, machine_label, run_case, write_json, write_plots
 
 OPS = manifest.benchmarks()  # each has benchmarks/bench_<op>.py with cases(device, quick)
 
@@ -41,6 +41,7 @@ def main(argv=None):
         for case in module.cases(args.device, quick=args.quick):
             rows += run_case(case, args.device, max_seconds=3.0 if args.quick else 20.0,
                              progress=lambda s: print(f"[{time.time() - t0:6.0f}s] {s}", file=sys.stderr, flush=True))
+    print(f"\n{machine_label()}")  # the table's header: CPU model and ISA path, or the GPU
     print(format_table(rows))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
