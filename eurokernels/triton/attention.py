@@ -22,6 +22,7 @@ import triton.language as tl
 
 from . import next_pow2
 from ._common import cast_to
+from ._launch import launch
 from .._backend import triton_interpreter_enabled
 
 LOG2E = 1.4426950408889634
@@ -444,7 +445,7 @@ def _launch(kernel, name, pointers, n_heads, max_len, q, k, cu_q, cu_k, softmax_
     # Scores in log2 units (see _scores); a window side of -1 (unbounded) becomes UNBOUNDED tokens.
     qk_scale, cap = (softmax_scale / softcap, softcap) if softcap > 0 else (softmax_scale * LOG2E, 0.0)
     grid = (n_docs * n_heads, triton.cdiv(max_len, cfg.block_n if name == "dkdv" else cfg.block_m))
-    kernel[grid](
+    launch(kernel, grid,
         *pointers, cu_q, cu_k, total_q, n_heads, group=hq // k.shape[1], head_dim=d, qk_scale=qk_scale, softcap=cap,
         window_left=UNBOUNDED if left < 0 else left, window_right=UNBOUNDED if right < 0 else right, **scalars,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
@@ -474,7 +475,7 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
         return dq, dk, dv
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     rows = preprocess_block_m(block_d(d))
-    attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, rows))](
+    launch(attention_bwd_preprocess_kernel, (hq, triton.cdiv(total_q, rows)),
         *_with_strides(out, dout), delta, total_q, d, BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
     inputs = (*_with_strides(q, k, v, dout), lse, delta)
     args = (q, k, cu_q, cu_k, scale, left, right, softcap)

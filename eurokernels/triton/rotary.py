@@ -16,6 +16,7 @@ import triton.language as tl
 
 from . import next_pow2
 from ._common import cast_to
+from ._launch import launch
 
 MAX_BLOCK_HALF = 512  # rotary_dim up to 1024 (head dims in use are <= 256)
 TILE = 2048           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF; 8 bf16
@@ -146,7 +147,7 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
     # Out of place unless the outputs are the inputs (compared per side: an empty side may have a null pointer).
     out_of_place = q_out.data_ptr() != q.data_ptr() or k_out.data_ptr() != k.data_ptr()
     pos_mode = 1 if position_ids is not None else 2 if cu_seqlens is not None else 0
-    rotary_kernel[(batch * seqlen,)](
+    launch(rotary_kernel, (batch * seqlen,),
         q, *[v // align for v in strides[0:3]], k, *[v // align for v in strides[3:6]],
         q_out, *[v // align for v in strides[6:9]], k_out, *[v // align for v in strides[9:12]],
         cos, sin, position_ids if position_ids is not None else cos,
