@@ -328,6 +328,28 @@ def compile_spec(module, index, target):
                 loads=info["loads"], stores=info["stores"], mma=info["mma"])
 
 
+# What counts as a spill, per vendor: NVIDIA local memory per thread (cuobjdump LOCAL), the stack frame (STACK:
+# ptxas may put a spill there with LOCAL 0) and the LDL/STL instructions in the SASS; AMD scratch per lane
+# (`; ScratchSize:`) and the private segment the kernel descriptor requests (`.amdhsa_private_segment_fixed_size`).
+SPILL_KEYS = {"cuda": ("spills", "stack", "local_insns"), "hip": ("spills", "private_segment")}
+
+
+def spill_counts(row):
+    """{counter: value} of a row's spill counters for its target's vendor (SPILL_KEYS); a counter the compile did
+    not report is None (the tests treat that as a spill: not measured is not zero)."""
+    return {k: row.get(k) for k in SPILL_KEYS[TARGETS[row["target"]][0]]}
+
+
+def spill_free(row):
+    return all(v == 0 for v in spill_counts(row).values())
+
+
+def fallback_measured(meta, target):
+    """The spill counters a fallback spec declares for `target` ({} when none are declared)."""
+    fb = meta.get("fallback")
+    return dict((fb or {}).get("measured", {}).get(target, {})) if isinstance(fb, dict) else {}
+
+
 def _widest(hist):
     return max((int(b) for b in hist), default=None)
 
@@ -348,13 +370,16 @@ def _row(meta, target, result=None, error=None):
                aligned=meta["aligned"], variant=meta["variant"], memory_bound=meta["memory_bound"],
                rows_aligned=meta["rows_aligned"], block=meta["block"], warp_size=warp_size(target),
                shared_limit=SHARED_LIMIT[target], num_stages=meta["num_stages"], fallback=meta["fallback"],
-               dtype=meta["dtype"], error=error)
+               dtype=meta["dtype"], error=error,
+               fallback_reason=(meta["fallback"] or {}).get("reason") if isinstance(meta["fallback"], dict)
+               else meta["fallback"], fallback_measured=fallback_measured(meta, target))
     for key in ("registers", "agprs", "spills", "stack", "local_insns", "private_segment", "shared", "occupancy",
                 "loads", "stores", "mma"):
         row[key] = None if result is None else result[key]
     row["load_bits"] = _widest(row["loads"] or {})
     row["store_bits"] = _widest(row["stores"] or {})
     row["mma_count"] = None if result is None else sum(row["mma"].values())
+    row["spill_free"] = None if result is None else spill_free(row)
     return row
 
 

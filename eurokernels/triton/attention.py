@@ -399,6 +399,51 @@ GPU_CONFIGS_FP32 = {
     "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(32, 64, 4),
            128: AttnConfig(32, 32, 4)},
 }
+FP32_FALLBACK = "fp32 inputs: spills accepted, never picked for bf16/fp16"
+# The spill counters each fp32 fallback spec compiles to, per target (eurokernels/inspect/aot.py SPILL_KEYS:
+# NVIDIA LOCAL bytes, STACK bytes, LDL/STL instructions; AMD ScratchSize and private segment bytes), as
+# `python -m eurokernels.inspect --json --kernels 'attention_*_fp32'` measured them (Triton 3.8, 2026-12-04).
+# tests/test_aot.py lets only these rows spill, and only about this much. Specs not listed spill nothing.
+FP32_FALLBACK_SPILLS = {
+    "attention_fwd_d16_fp32": {
+        "sm_80": dict(spills=0, stack=424, local_insns=450),
+        "sm_90": dict(spills=0, stack=40, local_insns=59),
+    },
+    "attention_bwd_dkdv_d16_fp32": {
+        "sm_90": dict(spills=0, stack=704, local_insns=303),
+    },
+    "attention_fwd_d32_fp32": {
+        "sm_80": dict(spills=0, stack=10752, local_insns=30348),
+        "sm_90": dict(spills=0, stack=8968, local_insns=24514),
+    },
+    "attention_bwd_dkdv_d32_fp32": {
+        "sm_80": dict(spills=0, stack=24, local_insns=11),
+        "sm_90": dict(spills=0, stack=8, local_insns=4),
+    },
+    "attention_bwd_dq_d32_fp32": {
+        "sm_80": dict(spills=0, stack=184, local_insns=97),
+        "sm_90": dict(spills=0, stack=32, local_insns=14),
+    },
+    "attention_fwd_d64_fp32": {
+        "sm_80": dict(spills=0, stack=10944, local_insns=30757),
+        "sm_90": dict(spills=0, stack=9872, local_insns=29163),
+    },
+    "attention_bwd_dq_d64_fp32": {
+        "sm_80": dict(spills=0, stack=208, local_insns=91),
+        "sm_90": dict(spills=0, stack=152, local_insns=74),
+    },
+    "attention_fwd_d128_fp32": {
+        "sm_80": dict(spills=0, stack=8272, local_insns=24492),
+        "sm_90": dict(spills=0, stack=7480, local_insns=24818),
+    },
+    "attention_bwd_dkdv_d128_fp32": {
+        "sm_80": dict(spills=0, stack=768, local_insns=761),
+        "sm_90": dict(spills=0, stack=848, local_insns=797),
+    },
+    "attention_bwd_dq_d128_fp32": {
+        "sm_80": dict(spills=0, stack=72, local_insns=39),
+    },
+}
 # Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
 INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
 
@@ -505,8 +550,7 @@ def aot_specs():
 def _specs_for(dtype, bd, configs, family):
     ptr, i32, f32 = f"*{dtype}", "i32", "fp32"
     suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else f"_{family.replace('_', '')}")
-    extra = (dict(fallback="fp32 inputs: spills accepted, never picked for bf16/fp16") if family is None
-             else dict(targets=FAMILY_TARGETS[family]))
+    extra = {} if family is None else dict(targets=FAMILY_TARGETS[family])
     qkv = dict(Q=ptr, stride_q_tok=i32, stride_q_head=i32, K=ptr, stride_k_tok=i32, stride_k_head=i32,
                V=ptr, stride_v_tok=i32, stride_v_head=i32)
     qkv_aligned = ["Q", "stride_q_tok", "stride_q_head", "K", "stride_k_tok", "stride_k_head", "V", "stride_v_tok",
@@ -545,4 +589,7 @@ def _specs_for(dtype, bd, configs, family):
                        stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
         constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
         aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA", "head_dim"]))
+    if family is None:
+        for spec in specs:
+            spec["fallback"] = dict(reason=FP32_FALLBACK, measured=FP32_FALLBACK_SPILLS.get(spec["name"], {}))
     return specs
