@@ -354,3 +354,67 @@ def test_attention_gpu_family(monkeypatch):
         assert A.gpu_family(torch.device("cuda")) == family
     monkeypatch.setattr(torch.version, "hip", "6.2")
     assert A.gpu_family(torch.device("cuda")) == "hip"
+
+
+def _spec_key(spec):
+    """A spec's JIT key, in the form of eurokernels.triton._launch.Launch.key()."""
+    return (spec["kernel"].fn.__qualname__, tuple(spec["signature"].items()),
+            tuple(sorted((k, repr(v)) for k, v in spec["constexprs"].items())),
+            tuple((b, tuple(sorted(a.items()))) for b, a in sorted(spec["attrs"].items())),
+            spec["num_warps"], spec.get("num_stages"))
+
+
+def _launch_rms_norm():
+    import torch
+    from eurokernels.triton import rms_norm
+    x = torch.empty((4096, 5120), dtype=torch.bfloat16, device="cuda")  # a shape not among the recorded ones
+    w = torch.empty(5120, dtype=torch.bfloat16, device="cuda")
+    y, res_out, rstd = rms_norm.forward(x, w, torch.empty_like(x), 1e-5, 0.0, 0)
+    rms_norm.backward(torch.empty_like(x), res_out, w, rstd, torch.empty_like(x), 0.0)
+
+
+def _launch_softmax():
+    import torch
+    from eurokernels.triton import softmax
+    x = torch.empty((2048, 32000), dtype=torch.bfloat16, device="cuda")
+    y, lse = softmax.forward(x, True)
+    softmax.backward(torch.empty_like(y), x, lse, True)
+
+
+def _launch_attention():
+    import torch
+    from eurokernels.triton import attention
+    q = torch.empty((16384, 32, 128), dtype=torch.bfloat16, device="cuda")
+    k = torch.empty((16384, 8, 128), dtype=torch.bfloat16, device="cuda")
+    cu = torch.empty(5, dtype=torch.int32, device="cuda")
+    out, lse = attention.forward(q, k, torch.empty_like(k), cu, cu, 4096, 4096, 128 ** -0.5, -1, 0, 50.0)
+    attention.backward(torch.empty_like(out), q, k, torch.empty_like(k), out, lse, cu, cu, 4096, 4096,
+                       128 ** -0.5, -1, 0, 50.0)
+
+
+@pytest.mark.parametrize("module, calls, family, targets", [
+    ("eurokernels.triton.rms_norm", _launch_rms_norm, None, ["sm_80", "sm_90", "gfx90a", "gfx942"]),
+    ("eurokernels.triton.softmax", _launch_softmax, None, ["sm_80", "sm_90", "gfx90a", "gfx942"]),
+    ("eurokernels.triton.attention", _launch_attention, "sm_90", ["sm_90"]),
+    ("eurokernels.triton.attention", _launch_attention, "hip", ["gfx90a", "gfx942"]),
+])
+def test_launch_jit_key_has_an_inspect_row(inspection, module, calls, family, targets):
+    """A launch the launchers make (on fake CUDA tensors, at shapes the specs were not recorded from) is
+    specialized by Triton's own binder (eurokernels/triton/_launch.py jit_key: signature, constexprs, divisibility
+    of every integer and pointer, AMD pointer ranges, num_warps, num_stages); that key is exactly one AOT spec's,
+    and inspect compiled that spec for the launch's targets."""
+    from eurokernels.triton._launch import fake_cuda, recording
+    with fake_cuda(), recording(family=family) as rec:
+        calls()
+    assert rec.launches
+    specs = importlib.import_module(module).aot_specs()
+    index = defaultdict(list)  # a key can be several specs' (the attention preprocess: the same in every family)
+    for i, s in enumerate(specs):
+        index[_spec_key(s)].append(i)
+    for launch_ in rec.launches:
+        found = index.get(launch_.key())
+        assert found, f"no AOT spec of {module} has the JIT key {launch_.key()}"
+        metas = [aot._spec_meta(module, i, specs[i]) for i in found]
+        got = {r["target"] for r in _triton(inspection) for m in metas if r["module"] == module
+               and r["kernel"] == m["name"] and r["config"] == aot._config_text(m) and not r["error"]}
+        assert set(targets) <= got, ([m["name"] for m in metas], aot._config_text(metas[0]), sorted(got))

@@ -39,14 +39,16 @@ RECORDED_SM_COUNTS = (108, 132, 110, 304)
 @dataclass
 class Recorder:
     sm_count: int
+    family: object = None  # GPU family the launchers must assume (attention.gpu_family), None: not overridden
     run: bool = False  # also launch (tests: a real launch and its record side by side)
     launches: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
-def recording(sm_count=RECORDED_SM_COUNTS[1], run=False):
-    """Record the launches made inside the block (see the module docstring); yields the Recorder."""
-    rec = Recorder(sm_count, run)
+def recording(sm_count=RECORDED_SM_COUNTS[1], run=False, family=None):
+    """Record the launches made inside the block (see the module docstring); yields the Recorder. `family`: the
+    GPU family launchers that pick per-family configs assume (eurokernels/triton/attention.py gpu_family)."""
+    rec = Recorder(sm_count, family, run)
     token = _RECORDER.set(rec)
     try:
         yield rec
@@ -58,6 +60,12 @@ def recording_sm_count():
     """The SM count launchers must assume while recording (None when not recording)."""
     rec = _RECORDER.get()
     return None if rec is None else rec.sm_count
+
+
+def recording_family():
+    """The GPU family launchers must assume while recording (None when not recording or not given)."""
+    rec = _RECORDER.get()
+    return None if rec is None else rec.family
 
 
 def launch(kernel, grid, *args, num_warps, num_stages=None, **kwargs):
