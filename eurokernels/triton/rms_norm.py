@@ -175,15 +175,18 @@ def forward(x, weight, residual, eps, offset, casting):
     return y, res_out, rstd
 
 
-# The looping backward on rows that are not 16-byte aligned (hidden > 8192, not a multiple of 8) makes 16-bit
-# accesses, one address per element: at BLOCK_N 8192 it needs 128+ VGPRs and spills on MI300X (gfx942), whose 16
-# waves of 64 leave 128 per thread. Half the block needs about 65 registers on every target (eurokernels.inspect).
+# The backward on rows that are not 16-byte aligned (hidden not a multiple of 8) makes 16-bit accesses, one
+# address per element. At BLOCK_N 8192 the looping variant (hidden > 8192) needs 128+ VGPRs and spills on MI300X
+# (gfx942), whose 16 waves of 64 leave 128 per thread, and the single-block one (4096 < hidden < 8192, e.g. 8191)
+# hits the 128 registers of 16 warps on sm_80/sm_90 and spills 8 bytes of stack; 16 warps is the most a program
+# can have. Half the block, looping, needs about 65 registers on every target (eurokernels.inspect).
 _BWD_LOOP_UNALIGNED = RowConfig(block_n=4096, num_warps=16, single_block=False)
 
 
 def _bwd_config(cfg, align):
-    """The backward's launch configuration: row_config's, but for _BWD_LOOP_UNALIGNED."""
-    return _BWD_LOOP_UNALIGNED if not cfg.single_block and align == 1 else cfg
+    """The backward's launch configuration: row_config's, but _BWD_LOOP_UNALIGNED for unaligned rows longer than
+    its block."""
+    return _BWD_LOOP_UNALIGNED if align == 1 and cfg.block_n > _BWD_LOOP_UNALIGNED.block_n else cfg
 
 
 def backward(dy, h, weight, rstd, dresidual_out, offset):
