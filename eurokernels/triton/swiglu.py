@@ -116,6 +116,21 @@ def _config(n):
     return next((b for b in BLOCKS if b[0] >= n), BLOCKS[-1])
 
 
+# The backward of exact GELU (erf and its derivative) on unaligned rows (16-bit accesses, an address per element)
+# needs more than 16 elements per thread can hold: at (4096, 8) it spills 8 bytes of stack on sm_80. Half the block
+# (8 elements a thread) does not (eurokernels.inspect).
+_BWD_GELU_UNALIGNED = (2048, 8)
+
+
+def _bwd_config(n, activation, align):
+    """The backward's (BLOCK_N, num_warps): _config's, but _BWD_GELU_UNALIGNED for exact GELU on unaligned rows
+    longer than its block."""
+    block, warps = _config(n)
+    if activation == ACTIVATION["gelu"] and align == 1 and block > _BWD_GELU_UNALIGNED[0]:
+        return _BWD_GELU_UNALIGNED
+    return block, warps
+
+
 def _grid(m, n, block_n):
     return (m, triton.cdiv(n, block_n))
 
@@ -145,12 +160,12 @@ def backward(dy, gate, up, activation, fused):
         d_out = (dg, du)
     if M == 0 or N == 0:
         return d_out
-    block, warps = _config(N)
     strides = (dy.stride(0), gate.stride(0), up.stride(0), dg.stride(0), du.stride(0))
+    align = row_alignment(gate.element_size(), N, *strides)
+    block, warps = _bwd_config(N, activation, align)
     launch(swiglu_bwd_kernel, _grid(M, N, block),
         dy, dy.stride(0), gate, gate.stride(0), up, up.stride(0), dg, dg.stride(0), du, du.stride(0), N,
-        BLOCK_N=block, ACTIVATION=activation, ALIGN=row_alignment(gate.element_size(), N, *strides),
-        num_warps=warps)
+        BLOCK_N=block, ACTIVATION=activation, ALIGN=align, num_warps=warps)
     return d_out
 
 
