@@ -14,7 +14,8 @@ COLUMNS = [  # header, row key, formatter
     ("kernel", "kernel", str), ("config", "config", str), ("target", "target", str),
     ("regs", "registers", str), ("agprs", "agprs", str), ("spills", "spills", str), ("local", "local_insns", str),
     ("shared", "shared", str), ("occ", "occupancy", str), ("ld_bits", "load_bits", str),
-    ("st_bits", "store_bits", str), ("mma", "mma_count", str),
+    ("st_bits", "store_bits", str), ("mma", "mma_count", str), ("stack", "stack", str),
+    ("priv", "private_segment", str), ("fallback", "fallback_reason", lambda v: "yes"),
 ]
 
 
@@ -23,7 +24,12 @@ regs     registers per thread (VGPRs on AMD; agprs: AMD accumulation registers)
 spills   bytes spilled per thread: NVIDIA local memory (cuobjdump LOCAL), AMD scratch (ScratchSize)
 shared   shared memory / LDS bytes per block (CUDA C++ kernels: static, plus the dynamic shared memory the
          launcher passes where it passes some: the attention kernels)
-local    CUDA C++ kernels: local-memory instructions in the SASS (LDL/STL: spills, stack arrays), 0 expected
+local    local-memory instructions in the SASS (LDL/STL: spills, stack arrays), 0 expected (NVIDIA)
+stack    stack frame bytes per thread (cuobjdump STACK; ptxas may spill there with LOCAL 0), 0 expected (NVIDIA)
+priv     private segment bytes per lane the kernel descriptor requests (.amdhsa_private_segment_fixed_size), AMD
+fallback a config declared as a deliberate fallback (e.g. fp32 attention): allowed to spill, with its measured
+         counts, and never chosen for bf16/fp16 (tests/test_aot.py); every other row must have all of
+         spills, stack, local (NVIDIA) / spills, priv (AMD) at 0
 occ      AMD waves per SIMD as the compiler reports it
 ld/st_bits  widest global load / store per thread in the machine code (SASS LDG/STG, amdgcn global/buffer)
 mma      matrix instructions: HMMA/HGMMA on NVIDIA, v_mfma on AMD
@@ -47,7 +53,7 @@ def table(result):
             if r.get("error"):
                 cells.append([r["kernel"], r["config"], r["target"], "ERROR: " + r["error"].splitlines()[0]])
             else:
-                cells.append([_fmt(r.get(k)) for _, k, _ in COLUMNS])
+                cells.append([_fmt(None if r.get(k) is None else f(r.get(k))) for _, k, f in COLUMNS])
         widths = [max(len(c[i]) for c in cells if i < len(c) and len(c) == len(COLUMNS)) for i in range(len(COLUMNS))]
         title = "Triton kernels" if source == "triton" else f"CUDA C++ kernels ({result['cuda_extension']})"
         lines += ["", title]

@@ -181,7 +181,7 @@ def split_sass(text):
 
 # Disassembly (~1 s a cubin) dominates a run once Triton's cache holds the compiles, so summaries are cached by the
 # cubin's hash (identical cubins, e.g. the JIT's div-16 and the launcher's ALIGN variants, are read once).
-_CACHE_VERSION = b"eurokernels-inspect-1"
+_CACHE_VERSION = b"eurokernels-inspect-2"  # 2: local_insns
 
 
 def cache_dir():
@@ -221,7 +221,7 @@ def _inspect_cubin(cubin):
         raise RuntimeError(f"expected one function in the cubin, got {sorted(usage)} / {sorted(sass)}")
     (res,), (text,) = usage.values(), sass.values()
     loads, stores, mma = parse_sass(text)
-    return dict(res, loads=loads, stores=stores, mma=mma)
+    return dict(res, loads=loads, stores=stores, mma=mma, local_insns=sass_local_insns(text))
 
 
 # -------------------------------------------------------------------------------------------- amdgcn (AMD)
@@ -233,6 +233,9 @@ _AMD_MEM = re.compile(r"^\s*(global|buffer)_(load|store)_(?:lds_)?([a-z0-9]+)", 
 _AMD_MMA = re.compile(r"^\s*(v_mfma_\w+|v_smfmac_\w+|v_wmma_\w+)", re.M)
 _AMD_META = {"NumVgprs": "registers", "NumAgprs": "agprs", "ScratchSize": "scratch", "Occupancy": "occupancy",
              "LDSByteSize": "lds_static", "NumSgprs": "sgprs"}
+# The private segment (per-lane scratch) the kernel descriptor requests: spills and stack objects beyond ScratchSize's
+# comment (e.g. dynamic stack), as `.amdhsa_private_segment_fixed_size`.
+_AMD_PRIVATE = re.compile(r"^\s*\.amdhsa_private_segment_fixed_size\s+(\d+)", re.M)
 
 
 def parse_amdgcn(text):
@@ -242,6 +245,8 @@ def parse_amdgcn(text):
     for key, name in _AMD_META.items():
         m = re.search(rf"^\s*;\s*{key}:\s*(\d+)", text, re.M)
         out[name] = int(m.group(1)) if m else None
+    m = _AMD_PRIVATE.search(text)
+    out["private_segment"] = int(m.group(1)) if m else None
     loads, stores = collections.Counter(), collections.Counter()
     for _, kind, width in _AMD_MEM.findall(text):
         bits = _AMD_WIDTH.get(width)
@@ -261,7 +266,8 @@ def _spec_meta(module, index, spec):
                 constexprs=dict(spec.get("constexprs", {})), aligned=list(spec.get("aligned", [])),
                 memory_bound=bool(spec.get("memory_bound", False)),
                 rows_aligned=spec.get("rows_aligned"), block=spec.get("block"),
-                variant=spec.get("variant", ""), targets=spec.get("targets"), num_stages=spec.get("num_stages"))
+                variant=spec.get("variant", ""), targets=spec.get("targets"), num_stages=spec.get("num_stages"),
+                fallback=spec.get("fallback"), dtype=spec.get("dtype"))
 
 
 def _worker_init():
@@ -277,6 +283,14 @@ def list_specs(modules):
     return metas
 
 
+def _backend_class(backend):
+    if backend == "cuda":
+        from triton.backends.nvidia.compiler import CUDABackend
+        return CUDABackend
+    from triton.backends.amd.compiler import HIPBackend
+    return HIPBackend
+
+
 def compile_spec(module, index, target):
     """Compile spec `index` of `module` for `target` and summarize its machine code. Runs in a worker."""
     import triton
@@ -288,10 +302,15 @@ def compile_spec(module, index, target):
     constexprs = dict(spec.get("constexprs", {}))
     signature = dict(spec["signature"])
     signature.update({k: "constexpr" for k in constexprs})
-    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.get("aligned", [])}
     backend, arch, warp = TARGETS[target]
+    # The attributes the JIT gives this launch on this backend (eurokernels/triton/_launch.py), parsed by the
+    # backend as the JIT parses them: "D" -> tt.divisibility 16, and on AMD "S" -> tt.pointer_range 32.
+    parse = _backend_class(backend).parse_attr
+    # Hand-written specs (not yet recorded from their launchers) give only the divisible arguments.
+    given = spec["attrs"][backend] if "attrs" in spec else {a: "D" for a in spec.get("aligned", [])}
+    attrs = {(kernel.arg_names.index(a),): parse(desc) for a, desc in given.items()}
     options = {"num_warps": spec["num_warps"]}
-    if "num_stages" in spec:  # else the backend's default, as the JIT uses when a launch names none
+    if spec.get("num_stages") is not None:  # else the backend's default, as the JIT uses when a launch names none
         options["num_stages"] = spec["num_stages"]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget(backend, arch, warp), options=options)
@@ -299,12 +318,36 @@ def compile_spec(module, index, target):
     if backend == "cuda":
         info = inspect_cubin_bytes(compiled.asm["cubin"])
         return dict(registers=info["registers"], agprs=None, spills=info["local"], stack=info["stack"],
+                    local_insns=info["local_insns"], private_segment=None,
                     shared=shared + info["shared_static"], occupancy=None,
                     loads=info["loads"], stores=info["stores"], mma=info["mma"])
     info = parse_amdgcn(compiled.asm["amdgcn"])
     return dict(registers=info["registers"], agprs=info["agprs"], spills=info["scratch"], stack=None,
+                local_insns=None, private_segment=info["private_segment"],
                 shared=max(shared, info["lds_static"] or 0), occupancy=info["occupancy"],
                 loads=info["loads"], stores=info["stores"], mma=info["mma"])
+
+
+# What counts as a spill, per vendor: NVIDIA local memory per thread (cuobjdump LOCAL), the stack frame (STACK:
+# ptxas may put a spill there with LOCAL 0) and the LDL/STL instructions in the SASS; AMD scratch per lane
+# (`; ScratchSize:`) and the private segment the kernel descriptor requests (`.amdhsa_private_segment_fixed_size`).
+SPILL_KEYS = {"cuda": ("spills", "stack", "local_insns"), "hip": ("spills", "private_segment")}
+
+
+def spill_counts(row):
+    """{counter: value} of a row's spill counters for its target's vendor (SPILL_KEYS); a counter the compile did
+    not report is None (the tests treat that as a spill: not measured is not zero)."""
+    return {k: row.get(k) for k in SPILL_KEYS[TARGETS[row["target"]][0]]}
+
+
+def spill_free(row):
+    return all(v == 0 for v in spill_counts(row).values())
+
+
+def fallback_measured(meta, target):
+    """The spill counters a fallback spec declares for `target` ({} when none are declared)."""
+    fb = meta.get("fallback")
+    return dict((fb or {}).get("measured", {}).get(target, {})) if isinstance(fb, dict) else {}
 
 
 def _widest(hist):
@@ -326,12 +369,17 @@ def _row(meta, target, result=None, error=None):
                module=meta["module"], constexprs=meta["constexprs"], num_warps=meta["num_warps"],
                aligned=meta["aligned"], variant=meta["variant"], memory_bound=meta["memory_bound"],
                rows_aligned=meta["rows_aligned"], block=meta["block"], warp_size=warp_size(target),
-               shared_limit=SHARED_LIMIT[target], error=error)
-    for key in ("registers", "agprs", "spills", "stack", "shared", "occupancy", "loads", "stores", "mma"):
+               shared_limit=SHARED_LIMIT[target], num_stages=meta["num_stages"], fallback=meta["fallback"],
+               dtype=meta["dtype"], error=error,
+               fallback_reason=(meta["fallback"] or {}).get("reason") if isinstance(meta["fallback"], dict)
+               else meta["fallback"], fallback_measured=fallback_measured(meta, target))
+    for key in ("registers", "agprs", "spills", "stack", "local_insns", "private_segment", "shared", "occupancy",
+                "loads", "stores", "mma"):
         row[key] = None if result is None else result[key]
     row["load_bits"] = _widest(row["loads"] or {})
     row["store_bits"] = _widest(row["stores"] or {})
     row["mma_count"] = None if result is None else sum(row["mma"].values())
+    row["spill_free"] = None if result is None else spill_free(row)
     return row
 
 

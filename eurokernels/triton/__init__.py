@@ -58,5 +58,7 @@ def _sm_count(index):
 def persistent_programs(device, rows):
     """Programs for a row-chunked kernel (e.g. a backward with per-program weight-gradient partials): two per SM
     on a GPU, 4 under the CPU interpreter; fixed for a device, so partial sums are reduced in a fixed order."""
-    per_device = 2 * _sm_count(device.index or 0) if device.type == "cuda" else 4
+    from ._launch import recording_sm_count  # recording (AOT specs): the SM count of the GPU recorded for
+    sm = recording_sm_count() if device.type == "cuda" else None
+    per_device = 2 * (sm or _sm_count(device.index or 0)) if device.type == "cuda" else 4
     return max(1, min(rows, per_device))

@@ -14,6 +14,7 @@ block of queries (forward, dq) or keys (dk/dv).
 - A row that sees no key keeps m = -inf and l = 0: output 0, lse = -inf; the backward reads that lse as +inf so
   exp2(s - lse) = 0.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ import triton.language as tl
 
 from . import next_pow2
 from ._common import cast_to
+from ._launch import fake_cuda, launch, recording, recording_family, specs_from_launches
 from .._backend import triton_interpreter_enabled
 
 LOG2E = 1.4426950408889634
@@ -380,7 +382,10 @@ FAMILY_TARGETS = {"sm_80": ("sm_80",), "sm_90": ("sm_90",), "hip": ("gfx90a", "g
 
 def gpu_family(device):
     """Which GPU_CONFIGS a device gets: "hip" on ROCm builds, "sm_90" on Hopper (compute capability 9.x), else
-    "sm_80" (Ampere; Ada and Blackwell also take these, unchecked: inspect compiles for sm_80 and sm_90 only)."""
+    "sm_80" (Ampere; Ada and Blackwell also take these, unchecked: inspect compiles for sm_80 and sm_90 only).
+    While recording AOT specs (eurokernels/triton/_launch.py), the family being recorded."""
+    if recording_family() is not None:
+        return recording_family()
     if torch.version.hip:
         return "hip"
     return "sm_90" if torch.cuda.get_device_capability(device)[0] == 9 else "sm_80"
@@ -397,6 +402,51 @@ GPU_CONFIGS_FP32 = {
              128: AttnConfig(16, 64, 4)},
     "dq": {16: AttnConfig(64, 64, 4), 32: AttnConfig(64, 64, 4), 64: AttnConfig(32, 64, 4),
            128: AttnConfig(32, 32, 4)},
+}
+FP32_FALLBACK = "fp32 inputs: spills accepted, never picked for bf16/fp16"
+# The spill counters each fp32 fallback spec compiles to, per target (eurokernels/inspect/aot.py SPILL_KEYS:
+# NVIDIA LOCAL bytes, STACK bytes, LDL/STL instructions; AMD ScratchSize and private segment bytes), as
+# `python -m eurokernels.inspect --json --kernels 'attention_*_fp32'` measured them (Triton 3.8, 2026-12-04).
+# tests/test_aot.py lets only these rows spill, and only about this much. Specs not listed spill nothing.
+FP32_FALLBACK_SPILLS = {
+    "attention_fwd_d16_fp32": {
+        "sm_80": dict(spills=0, stack=424, local_insns=450),
+        "sm_90": dict(spills=0, stack=40, local_insns=59),
+    },
+    "attention_bwd_dkdv_d16_fp32": {
+        "sm_90": dict(spills=0, stack=704, local_insns=303),
+    },
+    "attention_fwd_d32_fp32": {
+        "sm_80": dict(spills=0, stack=10752, local_insns=30348),
+        "sm_90": dict(spills=0, stack=8968, local_insns=24514),
+    },
+    "attention_bwd_dkdv_d32_fp32": {
+        "sm_80": dict(spills=0, stack=24, local_insns=11),
+        "sm_90": dict(spills=0, stack=8, local_insns=4),
+    },
+    "attention_bwd_dq_d32_fp32": {
+        "sm_80": dict(spills=0, stack=184, local_insns=97),
+        "sm_90": dict(spills=0, stack=32, local_insns=14),
+    },
+    "attention_fwd_d64_fp32": {
+        "sm_80": dict(spills=0, stack=10944, local_insns=30757),
+        "sm_90": dict(spills=0, stack=9872, local_insns=29163),
+    },
+    "attention_bwd_dq_d64_fp32": {
+        "sm_80": dict(spills=0, stack=208, local_insns=91),
+        "sm_90": dict(spills=0, stack=152, local_insns=74),
+    },
+    "attention_fwd_d128_fp32": {
+        "sm_80": dict(spills=0, stack=8272, local_insns=24492),
+        "sm_90": dict(spills=0, stack=7480, local_insns=24818),
+    },
+    "attention_bwd_dkdv_d128_fp32": {
+        "sm_80": dict(spills=0, stack=768, local_insns=761),
+        "sm_90": dict(spills=0, stack=848, local_insns=797),
+    },
+    "attention_bwd_dq_d128_fp32": {
+        "sm_80": dict(spills=0, stack=72, local_insns=39),
+    },
 }
 # Under the CPU interpreter: small blocks, so that short test sequences still cross block boundaries.
 INTERPRETER_CONFIG = AttnConfig(16, 16, 1)
@@ -444,7 +494,7 @@ def _launch(kernel, name, pointers, n_heads, max_len, q, k, cu_q, cu_k, softmax_
     # Scores in log2 units (see _scores); a window side of -1 (unbounded) becomes UNBOUNDED tokens.
     qk_scale, cap = (softmax_scale / softcap, softcap) if softcap > 0 else (softmax_scale * LOG2E, 0.0)
     grid = (n_docs * n_heads, triton.cdiv(max_len, cfg.block_n if name == "dkdv" else cfg.block_m))
-    kernel[grid](
+    launch(kernel, grid,
         *pointers, cu_q, cu_k, total_q, n_heads, group=hq // k.shape[1], head_dim=d, qk_scale=qk_scale, softcap=cap,
         window_left=UNBOUNDED if left < 0 else left, window_right=UNBOUNDED if right < 0 else right, **scalars,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d(d), HAS_SOFTCAP=softcap > 0,
@@ -474,7 +524,7 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
         return dq, dk, dv
     delta = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
     rows = preprocess_block_m(block_d(d))
-    attention_bwd_preprocess_kernel[(hq, triton.cdiv(total_q, rows))](
+    launch(attention_bwd_preprocess_kernel, (hq, triton.cdiv(total_q, rows)),
         *_with_strides(out, dout), delta, total_q, d, BLOCK_M=rows, BLOCK_D=block_d(d), num_warps=4)
     inputs = (*_with_strides(q, k, v, dout), lse, delta)
     args = (q, k, cu_q, cu_k, scale, left, right, softcap)
@@ -485,63 +535,54 @@ def backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, left, rig
     return dq, dk, dv
 
 
+# The launch the AOT specs are recorded from, per GPU family and head dim: packed documents of 8192 tokens in all
+# (two of 4096), 32 query / 8 key-value heads (GQA, group 4), causal, with a softcap (the heaviest variant).
+# Multiples of 16 everywhere, so the JIT marks total_q, n_heads_q, the strides, head_dim and the window bounds
+# (UNBOUNDED, 0) divisible by 16, and on AMD every tensor gets a 32-bit pointer range (buffer ops).
+AOT_TOKENS, AOT_HEADS = 8192, (32, 8)
+
+
+def _representative_calls(dtype, dims):
+    hq, hk = AOT_HEADS
+    for d in dims:
+        q = torch.empty((AOT_TOKENS, hq, d), dtype=dtype, device="cuda")
+        k = torch.empty((AOT_TOKENS, hk, d), dtype=dtype, device="cuda")
+        v = torch.empty_like(k)
+        cu = torch.empty(3, dtype=torch.int32, device="cuda")
+        half = AOT_TOKENS // 2
+        out, lse = forward(q, k, v, cu, cu, half, half, d ** -0.5, -1, 0, 30.0)
+        backward(torch.empty_like(out), q, k, v, out, lse, cu, cu, half, half, d ** -0.5, -1, 0, 30.0)
+
+
+_KIND = {"attention_fwd_kernel": "fwd", "attention_bwd_dkdv_kernel": "bwd_dkdv", "attention_bwd_dq_kernel": "bwd_dq",
+         "attention_bwd_preprocess_kernel": "bwd_preprocess"}
+
+
+def _recorded(family, dtype, dims, extra):
+    with fake_cuda(), recording(family=family) as rec:
+        _representative_calls(dtype, dims)
+    suffix = "fp32" if dtype == torch.float32 else family.replace("_", "")
+
+    def describe(l):
+        name = f"attention_{_KIND[l.kernel.fn.__name__]}_d{l.constexprs['BLOCK_D']}_{suffix}"
+        return dict(name=name, memory_bound=False, **extra(name))
+    return specs_from_launches(rec.launches, describe)
+
+
+@functools.cache
 def aot_specs():
-    """Every kernel x launch configuration the launchers can pick on a GPU, for the AOT checks (eurokernels/inspect):
-    with a softcap (the heaviest variant), for every padded head dim; in bf16 (fp16 compiles to the same code) per
-    GPU family, compiled for that family's targets only; and in fp32 (head dims <= 128; twice the registers and
-    shared memory per tile; exact "ieee" dots) for every target, marked `fallback` (those spill: see the README).
-    Alignment as the JIT specializes it for head dims 64/128/256: pointers 16-byte aligned, head_dim and strides
-    divisible by 16."""
+    """Every kernel x launch configuration the launchers can pick on a GPU, for the AOT checks (eurokernels/inspect),
+    recorded from the launchers (eurokernels/triton/_launch.py) for the launch above at head dims 16 .. 256: so each
+    spec is the JIT's own specialization (signature, divisibility of every integer and pointer, AMD pointer ranges,
+    num_warps, num_stages). In bf16 (fp16 compiles to the same code) per GPU family (gpu_family() is told the family),
+    compiled for that family's targets only; and in fp32 (head dims <= 128; twice the registers and shared memory
+    per tile; exact "ieee" dots; the same table for every family) for every target, marked `fallback` with the
+    spill counters it is allowed (FP32_FALLBACK_SPILLS)."""
     specs = []
-    for family, configs in GPU_CONFIGS.items():
-        for bd in sorted(configs["fwd"]):
-            specs += _specs_for("bf16", bd, configs, family)
-    for bd in sorted(GPU_CONFIGS_FP32["fwd"]):
-        specs += _specs_for("fp32", bd, GPU_CONFIGS_FP32, None)
-    return specs
-
-
-def _specs_for(dtype, bd, configs, family):
-    ptr, i32, f32 = f"*{dtype}", "i32", "fp32"
-    suffix = f"d{bd}" + ("_fp32" if dtype == "fp32" else f"_{family.replace('_', '')}")
-    extra = (dict(fallback="fp32 inputs: spills accepted, never picked for bf16/fp16") if family is None
-             else dict(targets=FAMILY_TARGETS[family]))
-    qkv = dict(Q=ptr, stride_q_tok=i32, stride_q_head=i32, K=ptr, stride_k_tok=i32, stride_k_head=i32,
-               V=ptr, stride_v_tok=i32, stride_v_head=i32)
-    qkv_aligned = ["Q", "stride_q_tok", "stride_q_head", "K", "stride_k_tok", "stride_k_head", "V", "stride_v_tok",
-                   "stride_v_head", "head_dim"]
-    base = dict(BLOCK_D=bd, HAS_SOFTCAP=True, DOT_PRECISION="ieee" if dtype == "fp32" else None)
-    specs = []
-    cfg = configs["fwd"][bd]
-    specs.append(dict(
-        name=f"attention_fwd_{suffix}", kernel=attention_fwd_kernel, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **extra,
-        signature=dict(qkv, O=ptr, LSE="*fp32", CU_Q="*i32", CU_K="*i32", total_q=i32, n_heads_q=i32,
-                       group=i32, head_dim=i32, qk_scale=f32, softcap=f32, window_left=i32, window_right=i32),
-        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-        aligned=qkv_aligned + ["O", "LSE", "CU_Q", "CU_K"]))
-    bwd_sig = dict(qkv, DO=ptr, stride_do_tok=i32, stride_do_head=i32, LSE="*fp32", DELTA="*fp32")
-    bwd_aligned = qkv_aligned + ["DO", "stride_do_tok", "stride_do_head", "LSE", "DELTA", "CU_Q", "CU_K"]
-    tail = dict(CU_Q="*i32", CU_K="*i32", total_q=i32)
-    scalars = dict(group=i32, head_dim=i32, qk_scale=f32, softcap=f32, scale=f32, window_left=i32, window_right=i32)
-    cfg = configs["dkdv"][bd]
-    specs.append(dict(
-        name=f"attention_bwd_dkdv_{suffix}", kernel=attention_bwd_dkdv_kernel, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **extra,
-        signature=dict(bwd_sig, DK=ptr, DV=ptr, **tail, n_heads_k=i32, **scalars),
-        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-        aligned=bwd_aligned + ["DK", "DV"]))
-    cfg = configs["dq"][bd]
-    specs.append(dict(
-        name=f"attention_bwd_dq_{suffix}", kernel=attention_bwd_dq_kernel, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **extra,
-        signature=dict(bwd_sig, DQ=ptr, **tail, n_heads_q=i32, **scalars),
-        constexprs=dict(base, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n),
-        aligned=bwd_aligned + ["DQ"]))
-    specs.append(dict(
-        name=f"attention_bwd_preprocess_{suffix}", kernel=attention_bwd_preprocess_kernel, num_warps=4, **extra,
-        signature=dict(O=ptr, stride_o_tok=i32, stride_o_head=i32, DO=ptr, stride_do_tok=i32,
-                       stride_do_head=i32, DELTA="*fp32", total_q=i32, head_dim=i32),
-        constexprs=dict(BLOCK_M=preprocess_block_m(bd), BLOCK_D=bd),
-        aligned=["O", "stride_o_tok", "stride_o_head", "DO", "stride_do_tok", "stride_do_head", "DELTA", "head_dim"]))
+    for family in GPU_CONFIGS:
+        specs += _recorded(family, torch.bfloat16, (16, 32, 64, 128, 256),
+                           lambda name, f=family: dict(targets=FAMILY_TARGETS[f]))
+    specs += _recorded("sm_80", torch.float32, (16, 32, 64, 128),
+                       lambda name: dict(fallback=dict(reason=FP32_FALLBACK,
+                                                       measured=FP32_FALLBACK_SPILLS.get(name, {}))))
     return specs

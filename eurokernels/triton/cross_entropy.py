@@ -1,11 +1,14 @@
 """Cross-entropy Triton kernel and launcher (math and conventions: eurokernels/reference.py, cross_entropy and
 cross_entropy_backward; calling convention: eurokernels/ops/cross_entropy.py, KERNELS)."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from . import all_block_configs, row_config
+from . import row_config
 from ._common import cast_to
+from ._launch import TOKENS, VOCAB, launch, recorded_specs
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -108,7 +111,7 @@ def cross_entropy(logits, labels, lse_in, row_scale, dlse, grad_out, ignore_inde
     cfg = row_config(v)
     write = grad_out is not None
     dummy = lse  # placeholders are never read: the flags compile the accesses away
-    cross_entropy_kernel[(n_rows,)](
+    launch(cross_entropy_kernel, (n_rows,),
         logits, logits.stride(0), labels, lse_in if backward else dummy, row_scale if write else dummy,
         dlse if dlse is not None else dummy, loss if not backward else dummy, lse,
         grad_out if write else logits, grad_out.stride(0) if write else 0,
@@ -118,25 +121,30 @@ def cross_entropy(logits, labels, lse_in, row_scale, dlse, grad_out, ignore_inde
     return loss, lse
 
 
+def _representative_calls():
+    """The three modes (forward, forward + gradient in place, backward), each with every option on (soft cap,
+    smoothing, dlse), bf16 logits, over the vocabularies of European models (and their shards under 8-way vocab
+    parallelism), 8192 tokens. The forward-only mode is a pure row reduction: it stores no rows (only fp32 loss /
+    lse scalars), so it is not marked `memory_bound` for the 128-bit store check."""
+    for v in sorted(set(VOCAB) | {v // 8 for v in VOCAB}):
+        x = torch.empty((TOKENS, v), dtype=torch.bfloat16, device="cuda")
+        labels = torch.empty(TOKENS, dtype=torch.int64, device="cuda")
+        scale = torch.empty(TOKENS, dtype=torch.float32, device="cuda")
+        args = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-4, softcap=30.0, vocab_start=0, vocab_total=v)
+        cross_entropy(x, labels, None, None, None, None, **args)
+        _, lse = cross_entropy(x, labels, None, scale, None, x, **args)
+        cross_entropy(x, labels, lse, scale, torch.empty_like(scale), torch.empty_like(x), **args)
+
+
+def _describe(launch_):
+    c = launch_.constexprs
+    mode = "bwd" if c["HAS_LSE"] else "fwd_grad" if c["WRITE_GRAD"] else "fwd"
+    return dict(name=f"cross_entropy_{mode}", memory_bound=bool(c["WRITE_GRAD"]),
+                rows_aligned="V" in launch_.attrs["cuda"], block=c["BLOCK_V"])
+
+
+@functools.cache
 def aot_specs():
-    """Every kernel x launch configuration the launcher can pick, for the AOT checks (eurokernels/inspect): the
-    three modes (forward, forward + gradient, backward), each with every option on (soft cap, smoothing, dlse), bf16
-    logits aligned as the JIT assumes for a vocabulary that is a multiple of 16 (128000, 256000, 262144, 262208).
-    The forward-only mode is a pure row reduction: it stores no rows (only fp32 loss / lse scalars), so it is not
-    marked `memory_bound` for the 128-bit store check; its row loads are the same 128-bit loads as the other modes'
-    (LDG.E.128 / dwordx4 for tiles of >= 8 elements per thread, checked with cuobjdump / amdgcn)."""
-    specs = []
-    signature = dict(X="*bf16", stride_x_row="i32", LABELS="*i64", LSE_IN="*fp32", SCALE="*fp32", DLSE="*fp32",
-                     LOSS="*fp32", LSE="*fp32", GRAD="*bf16", stride_g_row="i32", V="i32", ignore_index="i32",
-                     vocab_start="i32", vocab_total="i32", label_smoothing="fp32", z_loss="fp32", softcap="fp32")
-    for cfg in all_block_configs():
-        for mode, (has_lse, write) in dict(fwd=(False, False), fwd_grad=(False, True), bwd=(True, True)).items():
-            specs.append(dict(
-                name=f"cross_entropy_{mode}", kernel=cross_entropy_kernel, num_warps=cfg.num_warps,
-                signature=signature,
-                constexprs=dict(BLOCK_V=cfg.block_n, HAS_LSE=has_lse, WRITE_GRAD=write, HAS_DLSE=has_lse,
-                                HAS_SOFTCAP=True, HAS_SMOOTHING=True),
-                aligned=["X", "stride_x_row", "LABELS", "LSE_IN", "SCALE", "DLSE", "LOSS", "LSE", "GRAD",
-                         "stride_g_row", "V"],
-                variant="div16", memory_bound=write, rows_aligned=True, block=cfg.block_n))
-    return specs
+    """Every kernel configuration the launcher picks for _representative_calls(), as the JIT specializes it
+    (eurokernels/triton/_launch.py)."""
+    return recorded_specs(_representative_calls, _describe)

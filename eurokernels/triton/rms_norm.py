@@ -1,10 +1,13 @@
 """RMSNorm Triton kernels and launchers (math and rounding conventions: eurokernels/reference.py)."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from . import RowConfig, all_row_configs, persistent_programs, row_alignment, row_config
+from . import RowConfig, persistent_programs, row_alignment, row_config
 from ._common import cast_to, round_to
+from ._launch import HIDDEN, TOKENS, launch, recorded_specs
 
 
 @triton.jit
@@ -163,7 +166,7 @@ def forward(x, weight, residual, eps, offset, casting):
         return y, res_out, rstd.fill_(1.0 / eps ** 0.5 if eps > 0 else float("inf"))
     cfg = row_config(N)
     r = residual if residual is not None else x  # placeholders are never read: the flags compile the reads away
-    rms_norm_fwd_kernel[(M,)](
+    launch(rms_norm_fwd_kernel, (M,),
         x, x.stride(0), r, r.stride(0), weight if weight is not None else x, y,
         res_out if residual is not None else y, rstd, N, eps, offset,
         BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, CASTING=casting,
@@ -172,15 +175,18 @@ def forward(x, weight, residual, eps, offset, casting):
     return y, res_out, rstd
 
 
-# The looping backward on rows that are not 16-byte aligned (hidden > 8192, not a multiple of 8) makes 16-bit
-# accesses, one address per element: at BLOCK_N 8192 it needs 128+ VGPRs and spills on MI300X (gfx942), whose 16
-# waves of 64 leave 128 per thread. Half the block needs about 65 registers on every target (eurokernels.inspect).
+# The backward on rows that are not 16-byte aligned (hidden not a multiple of 8) makes 16-bit accesses, one
+# address per element. At BLOCK_N 8192 the looping variant (hidden > 8192) needs 128+ VGPRs and spills on MI300X
+# (gfx942), whose 16 waves of 64 leave 128 per thread, and the single-block one (4096 < hidden < 8192, e.g. 8191)
+# hits the 128 registers of 16 warps on sm_80/sm_90 and spills 8 bytes of stack; 16 warps is the most a program
+# can have. Half the block, looping, needs about 65 registers on every target (eurokernels.inspect).
 _BWD_LOOP_UNALIGNED = RowConfig(block_n=4096, num_warps=16, single_block=False)
 
 
 def _bwd_config(cfg, align):
-    """The backward's launch configuration: row_config's, but for _BWD_LOOP_UNALIGNED."""
-    return _BWD_LOOP_UNALIGNED if not cfg.single_block and align == 1 else cfg
+    """The backward's launch configuration: row_config's, but _BWD_LOOP_UNALIGNED for unaligned rows longer than
+    its block."""
+    return _BWD_LOOP_UNALIGNED if align == 1 and cfg.block_n > _BWD_LOOP_UNALIGNED.block_n else cfg
 
 
 def backward(dy, h, weight, rstd, dresidual_out, offset):
@@ -195,7 +201,7 @@ def backward(dy, h, weight, rstd, dresidual_out, offset):
     programs = persistent_programs(h.device, M)
     alloc = torch.empty if cfg.single_block else torch.zeros  # the looping variant accumulates into its row
     partial = alloc((programs, N) if weight is not None else (0,), dtype=torch.float32, device=h.device)
-    rms_norm_bwd_kernel[(programs,)](
+    launch(rms_norm_bwd_kernel, (programs,),
         dy, dy.stride(0), h, h.stride(0), weight if weight is not None else h, rstd, d, d.stride(0), dx,
         partial, M, N, offset, triton.cdiv(M, programs),
         BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, HAS_WEIGHT=weight is not None,
@@ -205,42 +211,30 @@ def backward(dy, h, weight, rstd, dresidual_out, offset):
     return dx, dw
 
 
-# The alignment cases the JIT and the launchers produce, as (variant, integer args the JIT marks divisible by 16,
-# ALIGN). Base pointers are 16-byte aligned in all three, as torch allocations are.
-_ALIGNMENT_CASES = [
-    ("div16", True, 8),   # hidden and row strides multiples of 16 elements, e.g. 4096
-    ("div8", False, 8),   # multiples of 8 only, e.g. 4104: only ALIGN tells the compiler
-    ("odd", False, 1),    # e.g. 4097: narrow accesses (the AOT test's negative control)
-]
+def _representative_calls():
+    """The launches the AOT checks compile: forward and backward with the heaviest flags (residual, weight) in
+    bf16, at every row configuration (hidden 16 .. 8192 and the looping > 8192), each also at a hidden size that is a
+    multiple of 8 but not 16 and at an odd one for the block sizes models use, 8192 tokens and a single one."""
+    hidden = {b for k in range(4, 14) for b in [1 << k]} | set(HIDDEN) | {16384}
+    hidden |= {h - d for h in (128, 1024, 4096, 8192, 16384) for d in (8, 1)}
+    for n in sorted(hidden):
+        for m in (TOKENS, 1) if n in HIDDEN else (TOKENS,):
+            x = torch.empty((m, n), dtype=torch.bfloat16, device="cuda")
+            w = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+            y, res_out, rstd = forward(x, w, torch.empty_like(x), 1e-6, 0.0, 0)
+            backward(torch.empty_like(x), res_out, w, rstd, torch.empty_like(x), 0.0)
 
 
+def _describe(launch_):
+    c = launch_.constexprs
+    align = c["ALIGN"]
+    return dict(name=launch_.kernel.fn.__name__.replace("_kernel", ""), memory_bound=True, rows_aligned=align > 1,
+                block=c["BLOCK_N"])
+
+
+@functools.cache
 def aot_specs():
-    """Every kernel x launch configuration the launchers can pick, for the AOT checks (eurokernels/inspect).
-    Each is compiled with the heaviest flags (residual, weight) at bf16, in each case of _ALIGNMENT_CASES.
-    `memory_bound` kernels must issue 128-bit global accesses when `rows_aligned` and a thread holds at least
-    16 bytes of a `block`-element row tile (tests/test_aot.py)."""
-    specs = []
-    for cfg in all_row_configs():
-        consts = dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block)
-        for variant, ints_div16, align in _ALIGNMENT_CASES:
-            common = dict(num_warps=cfg.num_warps, variant=variant, memory_bound=True, rows_aligned=align > 1,
-                          block=cfg.block_n)
-            ints = ["stride_x_row", "stride_r_row", "N"] if ints_div16 else []
-            specs.append(dict(
-                common, name="rms_norm_fwd", kernel=rms_norm_fwd_kernel,
-                signature=dict(X="*bf16", stride_x_row="i32", R="*bf16", stride_r_row="i32", W="*bf16",
-                               Y="*bf16", RES_OUT="*bf16", RSTD="*fp32", N="i32", eps="fp32", offset="fp32"),
-                constexprs=dict(consts, CASTING=0, HAS_RESIDUAL=True, HAS_WEIGHT=True, ALIGN=align),
-                aligned=["X", "R", "W", "Y", "RES_OUT", "RSTD"] + ints))
-            ints = ["stride_dy_row", "stride_h_row", "stride_dres_row", "N"] if ints_div16 else []
-            bwd = _bwd_config(cfg, align)
-            common.update(num_warps=bwd.num_warps, block=bwd.block_n)
-            specs.append(dict(
-                common, name="rms_norm_bwd", kernel=rms_norm_bwd_kernel,
-                signature=dict(DY="*bf16", stride_dy_row="i32", H="*bf16", stride_h_row="i32", W="*bf16",
-                               RSTD="*fp32", DRES="*bf16", stride_dres_row="i32", DX="*bf16",
-                               DW_PARTIAL="*fp32", M="i32", N="i32", offset="fp32", rows_per_program="i32"),
-                constexprs=dict(BLOCK_N=bwd.block_n, SINGLE_BLOCK=bwd.single_block, HAS_WEIGHT=True, HAS_DRES=True,
-                                ALIGN=align),
-                aligned=["DY", "H", "W", "RSTD", "DRES", "DX", "DW_PARTIAL"] + ints))
-    return specs
+    """Every kernel configuration the launchers pick for _representative_calls(), as the JIT specializes it
+    (eurokernels/triton/_launch.py). `memory_bound` kernels must issue 128-bit global accesses when `rows_aligned`
+    and a thread holds at least 16 bytes of a `block`-element row tile (tests/test_aot.py)."""
+    return recorded_specs(_representative_calls, _describe)

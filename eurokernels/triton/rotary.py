@@ -16,6 +16,7 @@ import triton.language as tl
 
 from . import next_pow2
 from ._common import cast_to
+from ._launch import launch
 
 MAX_BLOCK_HALF = 512  # rotary_dim up to 1024 (head dims in use are <= 256)
 TILE = 2048           # elements of x1 (and of x2) a program holds at once: BLOCK_H * BLOCK_HALF; 8 bf16
@@ -120,12 +121,17 @@ def rotary_kernel(
                   n_k_heads, c, sn, head_dim, half, BLOCK_H, BLOCK_HALF, INTERLEAVED, COPY_PASS)
 
 
-def block_config(half, align):
+def block_config(half, align, interleaved):
     """(BLOCK_HALF, BLOCK_H) for rotary_dim / 2 == half. Aligned rows (ALIGN 8) get TILE elements per array:
     enough for 128-bit accesses on every target. Unaligned rows are accessed element by element, each with its
-    own address registers: a quarter of the tile keeps those in check."""
+    own address registers: a quarter of the tile keeps those in check. The interleaved (GPT-J) layout at
+    BLOCK_HALF 256 aligned gets half the tile: ptxas gives its full tile 8 bytes of stack (2 STL/LDL) on sm_90,
+    at only 48 registers (eurokernels.inspect); 1024 elements still give a thread 16 bytes of each array."""
     block_half = max(1, next_pow2(half))
-    return block_half, max(1, (TILE if align == 8 else TILE // 4) // block_half)
+    tile = TILE if align == 8 else TILE // 4
+    if interleaved and align == 8 and block_half == 256:
+        tile //= 2
+    return block_half, max(1, tile // block_half)
 
 
 def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, conjugate):
@@ -142,11 +148,11 @@ def rotary(q, k, q_out, k_out, cos, sin, position_ids, cu_seqlens, interleaved, 
         return q_out, k_out
     strides = [t.stride(d) for t in (q, k, q_out, k_out) for d in range(3)]
     align = 8 if all(v % 8 == 0 for v in strides + [head_dim, half]) else 1
-    block_half, block_h = block_config(half, align)
+    block_half, block_h = block_config(half, align, interleaved)
     # Out of place unless the outputs are the inputs (compared per side: an empty side may have a null pointer).
     out_of_place = q_out.data_ptr() != q.data_ptr() or k_out.data_ptr() != k.data_ptr()
     pos_mode = 1 if position_ids is not None else 2 if cu_seqlens is not None else 0
-    rotary_kernel[(batch * seqlen,)](
+    launch(rotary_kernel, (batch * seqlen,),
         q, *[v // align for v in strides[0:3]], k, *[v // align for v in strides[3:6]],
         q_out, *[v // align for v in strides[6:9]], k_out, *[v // align for v in strides[9:12]],
         cos, sin, position_ids if position_ids is not None else cos,
@@ -175,7 +181,7 @@ def aot_specs():
     for k in range(MAX_BLOCK_HALF.bit_length()):
         for interleaved in (False, True):
             for align in (1, 8) if 1 << k >= 8 else (1,):  # ALIGN=8 needs half % 8 == 0
-                block_half, block_h = block_config(1 << k, align)
+                block_half, block_h = block_config(1 << k, align, interleaved)
                 specs.append(dict(
                     name=f"rotary_{'gptj' if interleaved else 'neox'}", variant=f"half{block_half}_align{align}",
                     kernel=rotary_kernel, num_warps=NUM_WARPS, signature=sig,

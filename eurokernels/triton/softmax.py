@@ -1,10 +1,13 @@
 """Softmax / log-softmax Triton kernels and launchers for rows of any length (reference: eurokernels/reference.py)."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from . import all_block_configs, all_row_configs, row_config
+from . import row_config
 from ._common import cast_to
+from ._launch import HIDDEN, TOKENS, VOCAB, launch, recorded_specs
 
 
 @triton.jit
@@ -104,8 +107,8 @@ def forward(x, log):
     if M == 0 or N == 0:
         return y, lse.fill_(float("-inf"))
     cfg = row_config(N)
-    softmax_fwd_kernel[(M,)](x, x.stride(0), y, lse, N, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
-                             LOG=log, num_warps=cfg.num_warps)
+    launch(softmax_fwd_kernel, (M,), x, x.stride(0), y, lse, N, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
+           LOG=log, num_warps=cfg.num_warps)
     return y, lse
 
 
@@ -115,29 +118,31 @@ def backward(dy, x, lse, log):
     if M == 0 or N == 0:
         return dx
     cfg = row_config(N)
-    softmax_bwd_kernel[(M,)](dy, dy.stride(0), x, x.stride(0), lse, dx, N, BLOCK_N=cfg.block_n, LOG=log,
+    launch(softmax_bwd_kernel, (M,), dy, dy.stride(0), x, x.stride(0), lse, dx, N, BLOCK_N=cfg.block_n, LOG=log,
                              num_warps=cfg.num_warps)
     return dx
 
 
+def _representative_calls():
+    """softmax and log-softmax, forward and backward, in bf16 over every row configuration (row lengths 16 .. 8192,
+    the looping > 8192, up to a vocabulary), 8192 rows (fewer for the longest rows, as a vocabulary-sized softmax runs)."""
+    lengths = sorted({1 << k for k in range(4, 14)} | set(HIDDEN) | {16384} | set(VOCAB))
+    for n in lengths:
+        x = torch.empty((TOKENS if n <= 16384 else 1024, n), dtype=torch.bfloat16, device="cuda")
+        for log in (False, True):
+            y, lse = forward(x, log)
+            backward(torch.empty_like(y), x, lse, log)
+
+
+def _describe(launch_):
+    log = "log_" if launch_.constexprs["LOG"] else ""
+    direction = "fwd" if launch_.kernel is softmax_fwd_kernel else "bwd"
+    return dict(name=f"{log}softmax_{direction}", memory_bound=True, rows_aligned="N" in launch_.attrs["cuda"],
+                block=launch_.constexprs["BLOCK_N"])
+
+
+@functools.cache
 def aot_specs():
-    """Every kernel x launch configuration the launchers can pick (bf16, both LOG values), for the AOT checks
-    (eurokernels/inspect), aligned as the JIT assumes for a row length that is a multiple of 16."""
-    specs = []
-    for log in (False, True):
-        for cfg in all_row_configs():  # the forward keeps a row that fits one block in registers (SINGLE_BLOCK)
-            specs.append(dict(
-                name=f"{'log_' if log else ''}softmax_fwd", kernel=softmax_fwd_kernel, num_warps=cfg.num_warps,
-                signature=dict(X="*bf16", stride_x_row="i32", Y="*bf16", LSE="*fp32", N="i32"),
-                constexprs=dict(BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, LOG=log),
-                aligned=["X", "stride_x_row", "Y", "LSE", "N"],
-                variant="div16", memory_bound=True, rows_aligned=True, block=cfg.block_n))
-        for cfg in all_block_configs():  # the backward always sweeps in blocks
-            specs.append(dict(
-                name=f"{'log_' if log else ''}softmax_bwd", kernel=softmax_bwd_kernel, num_warps=cfg.num_warps,
-                signature=dict(DY="*bf16", stride_dy_row="i32", X="*bf16", stride_x_row="i32", LSE="*fp32", DX="*bf16",
-                               N="i32"),
-                constexprs=dict(BLOCK_N=cfg.block_n, LOG=log),
-                aligned=["DY", "stride_dy_row", "X", "stride_x_row", "LSE", "DX", "N"],
-                variant="div16", memory_bound=True, rows_aligned=True, block=cfg.block_n))
-    return specs
+    """Every kernel configuration the launchers pick for _representative_calls(), as the JIT specializes it
+    (eurokernels/triton/_launch.py)."""
+    return recorded_specs(_representative_calls, _describe)

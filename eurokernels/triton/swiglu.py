@@ -4,12 +4,15 @@ Elementwise over [rows, intermediate]: a 2-D grid of (row, column block) program
 and writing once (forward: 3 accesses per element, backward: 5), the minimum traffic. One kernel per direction for
 all three activations (ACTIVATION is a compile-time constant).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import row_alignment
 from ._common import cast_to
+from ._launch import TOKENS, launch, recorded_specs
 
 ACTIVATION = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # = eurokernels/ops/swiglu.py ACTIVATIONS
 
@@ -113,6 +116,21 @@ def _config(n):
     return next((b for b in BLOCKS if b[0] >= n), BLOCKS[-1])
 
 
+# The backward of exact GELU (erf and its derivative) on unaligned rows (16-bit accesses, an address per element)
+# needs more than 16 elements per thread can hold: at (4096, 8) it spills 8 bytes of stack on sm_80. Half the block
+# (8 elements a thread) does not (eurokernels.inspect).
+_BWD_GELU_UNALIGNED = (2048, 8)
+
+
+def _bwd_config(n, activation, align):
+    """The backward's (BLOCK_N, num_warps): _config's, but _BWD_GELU_UNALIGNED for exact GELU on unaligned rows
+    longer than its block."""
+    block, warps = _config(n)
+    if activation == ACTIVATION["gelu"] and align == 1 and block > _BWD_GELU_UNALIGNED[0]:
+        return _BWD_GELU_UNALIGNED
+    return block, warps
+
+
 def _grid(m, n, block_n):
     return (m, triton.cdiv(n, block_n))
 
@@ -124,7 +142,7 @@ def forward(gate, up, activation):
     if M == 0 or N == 0:
         return y
     block, warps = _config(N)
-    swiglu_fwd_kernel[_grid(M, N, block)](
+    launch(swiglu_fwd_kernel, _grid(M, N, block),
         gate, gate.stride(0), up, up.stride(0), y, N, BLOCK_N=block, ACTIVATION=activation,
         ALIGN=row_alignment(gate.element_size(), N, gate.stride(0), up.stride(0)), num_warps=warps)
     return y
@@ -142,46 +160,37 @@ def backward(dy, gate, up, activation, fused):
         d_out = (dg, du)
     if M == 0 or N == 0:
         return d_out
-    block, warps = _config(N)
     strides = (dy.stride(0), gate.stride(0), up.stride(0), dg.stride(0), du.stride(0))
-    swiglu_bwd_kernel[_grid(M, N, block)](
+    align = row_alignment(gate.element_size(), N, *strides)
+    block, warps = _bwd_config(N, activation, align)
+    launch(swiglu_bwd_kernel, _grid(M, N, block),
         dy, dy.stride(0), gate, gate.stride(0), up, up.stride(0), dg, dg.stride(0), du, du.stride(0), N,
-        BLOCK_N=block, ACTIVATION=activation, ALIGN=row_alignment(gate.element_size(), N, *strides),
-        num_warps=warps)
+        BLOCK_N=block, ACTIVATION=activation, ALIGN=align, num_warps=warps)
     return d_out
 
 
-# The alignment cases the JIT and the launchers produce: (variant, integer args the JIT marks divisible by 16,
-# ALIGN), as in eurokernels/triton/rms_norm.py.
-_ALIGNMENT_CASES = [
-    ("div16", True, 8),   # intermediate and row strides multiples of 16 elements, e.g. 11008, 14336
-    ("div8", False, 8),   # multiples of 8 only, e.g. 4104: only ALIGN tells the compiler
-    ("odd", False, 1),    # e.g. 4097: narrow accesses (the AOT test's negative control)
-]
+def _representative_calls():
+    """Forward and backward (fused and separate gradients) for the three activations in bf16, 8192 tokens, over the
+    intermediate sizes of European models, a multiple of 8 but not 16 (4104), an odd one (4097), and the small
+    ones that pick the smaller blocks."""
+    for n in (256, 1000, 1024, 4097, 4104, 8192, 11008, 14336, 16384, 24576):
+        fused = torch.empty((TOKENS, 2 * n), dtype=torch.bfloat16, device="cuda")
+        gate, up = fused[:, :n], fused[:, n:]
+        for act in ACTIVATION.values():
+            y = forward(gate, up, act)
+            backward(torch.empty_like(y), gate, up, act, True)
+            backward(torch.empty_like(y), gate, up, act, False)
 
 
+def _describe(launch_):
+    c = launch_.constexprs
+    name = "swiglu_fwd" if launch_.kernel is swiglu_fwd_kernel else "swiglu_bwd"
+    act = {v: k for k, v in ACTIVATION.items()}[c["ACTIVATION"]]
+    return dict(name=name, memory_bound=True, rows_aligned=c["ALIGN"] > 1, block=c["BLOCK_N"], activation=act)
+
+
+@functools.cache
 def aot_specs():
-    """Every kernel x block configuration x activation the launchers can pick, for the AOT checks
-    (eurokernels/inspect), at bf16 in each case of _ALIGNMENT_CASES. Both kernels are memory-bound."""
-    specs = []
-    for block, warps in BLOCKS:
-        for act_name, act in ACTIVATION.items():
-            for variant, ints_div16, align in _ALIGNMENT_CASES:
-                common = dict(num_warps=warps, variant=f"{act_name}-{variant}", memory_bound=True,
-                              rows_aligned=align > 1, block=block)
-                consts = dict(BLOCK_N=block, ACTIVATION=act, ALIGN=align)
-                ints = ["stride_g_row", "stride_u_row", "N"] if ints_div16 else []
-                specs.append(dict(
-                    common, name="swiglu_fwd", kernel=swiglu_fwd_kernel,
-                    signature=dict(G="*bf16", stride_g_row="i32", U="*bf16", stride_u_row="i32", Y="*bf16",
-                                   N="i32"),
-                    constexprs=consts, aligned=["G", "U", "Y"] + ints))
-                ints = ["stride_dy_row", "stride_g_row", "stride_u_row", "stride_dg_row", "stride_du_row", "N"] \
-                    if ints_div16 else []
-                specs.append(dict(
-                    common, name="swiglu_bwd", kernel=swiglu_bwd_kernel,
-                    signature=dict(DY="*bf16", stride_dy_row="i32", G="*bf16", stride_g_row="i32", U="*bf16",
-                                   stride_u_row="i32", DG="*bf16", stride_dg_row="i32", DU="*bf16",
-                                   stride_du_row="i32", N="i32"),
-                    constexprs=consts, aligned=["DY", "G", "U", "DG", "DU"] + ints))
-    return specs
+    """Every kernel configuration the launchers pick for _representative_calls(), as the JIT specializes it
+    (eurokernels/triton/_launch.py). Both kernels are memory-bound."""
+    return recorded_specs(_representative_calls, _describe)
