@@ -167,10 +167,12 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
               p.store(s + c);
               ds.store(dp + c);
             }
-            if (kind == Window::kPartial) {
-              for (int64_t c = 0; c < kBwdBQ; ++c) {
-                if (!w.visible(i0 + c, j0 + r)) s[c] = dp[c] = 0.f;
-              }
+            if (kind == Window::kPartial) {  // a key is seen by one interval of queries: zero both sides
+              const auto [a, b] = w.visible_queries(j0 + r, i0, kBwdBQ);
+              std::fill(s, s + a, 0.f);
+              std::fill(s + b, s + kBwdBQ, 0.f);
+              std::fill(dp, dp + a, 0.f);
+              std::fill(dp + b, dp + kBwdBQ, 0.f);
             }
             store_row(s, kBwdBQ, B.pt.data() + r * kBwdBQ);
             store_row(dp, kBwdBQ, B.dst.data() + r * kBwdBQ);

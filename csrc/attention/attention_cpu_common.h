@@ -153,6 +153,25 @@ struct Window : math::Band<int64_t> {
     if (!keys_of(i0, i0 + bq, &a, &b) || j0 >= b || j0 + bk <= a) return kSkip;
     return full(i0, i0 + bq, j0, j0 + bk) ? kFull : kPartial;
   }
+  // The keys query i sees inside the block [j0, j0 + n), as offsets [a, b) into it (a == b: none). Exact: a row's
+  // visible keys are one interval (Band), so a partial block is masked by two fills, not a test per element.
+  std::pair<int64_t, int64_t> visible_keys(int64_t i, int64_t j0, int64_t n) const {
+    int64_t a, b;
+    if (!keys_of(i, i + 1, &a, &b)) return {0, 0};
+    return clip(a - j0, b - j0, n);
+  }
+  // The queries that see key j inside the block [i0, i0 + n), as offsets [a, b) (exact for one key: queries_of's
+  // superset is the exact set when the key range is a single key inside the document).
+  std::pair<int64_t, int64_t> visible_queries(int64_t j, int64_t i0, int64_t n) const {
+    int64_t a, b;
+    if (!queries_of(j, j + 1, &a, &b)) return {0, 0};
+    return clip(a - i0, b - i0, n);
+  }
+  static std::pair<int64_t, int64_t> clip(int64_t a, int64_t b, int64_t n) {
+    a = std::clamp<int64_t>(a, 0, n);
+    b = std::clamp<int64_t>(b, 0, n);
+    return {a, std::max(a, b)};
+  }
   // Key blocks a query block may see, [first, last).
   std::pair<int64_t, int64_t> key_blocks(int64_t i0) const {
     int64_t a, b;

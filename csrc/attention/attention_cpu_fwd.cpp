@@ -77,12 +77,13 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
           vmax = at::vec::maximum(vmax, x);
         }
         float mx = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-        if (kind == Window::kPartial) {
-          mx = -kInf;
-          for (int64_t j = 0; j < kFwdBK; ++j) {
-            if (!w.visible(i0 + r, j0 + j)) s[j] = -kInf;
-            mx = math::max_nan(mx, s[j]);
-          }
+        if (kind == Window::kPartial) {  // a row sees one interval of keys: mask both sides, then a vector max
+          const auto [a, b] = w.visible_keys(i0 + r, j0, kFwdBK);
+          std::fill(s, s + a, -kInf);
+          std::fill(s + b, s + kFwdBK, -kInf);
+          vmax = Vec(-kInf);
+          for (int64_t j = 0; j < kFwdBK; j += Vec::size()) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+          mx = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax);
         }
         const float alpha = math::online_step(B.m[r], mx, [](float x) { return std::exp(x); });
         CT* p = B.p.data() + r * kFwdBK;
