@@ -176,6 +176,11 @@ def main(argv=None):
         if f not in FEATURES:
             p.error(f"--features: expected some of {FEATURES}, got {f!r}")
     info = machine()
+    # One inductor cache per ATen ISA path: with the default shared cache, flex_attention compiled on the native path
+    # and then run under ATEN_CPU_CAPABILITY=avx2 gave outputs off by ~3 (the agreement check caught it); a fresh
+    # cache gave the right answer.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"torchinductor_eurokernels_{info.get('cpu_capability', 'default')}"))
     print(f"attention targets on cpu: {info}", flush=True)
     rows = []
     for s in seqlens:

@@ -188,3 +188,24 @@ def test_peers_are_checked_before_timing_and_missing_ones_reported(monkeypatch):
     assert peers.agrees("t", "p", lambda: torch.ones(3), torch.ones(3))
     assert not peers.agrees("t", "p", lambda: torch.zeros(3), torch.ones(3))
     assert not peers.agrees("t", "p", lambda: 1 / 0, torch.ones(3))  # an error leaves it out too
+
+
+def test_attention_targets_tiny(tmp_path):
+    # benchmarks.attention_targets (issue 15's attention targets, ratios in one process) at a tiny sequence: every
+    # row has our times and the GEMM ratio; flex and SDPA either a time and a ratio or a status saying why not.
+    out = tmp_path / "at.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.attention_targets", "--seqlens", "256", "--dtypes",
+                           "float32", "--features", "causal,softcap,docs", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert set(data["targets"]) == {"fwd_bwd_ge_0_9_gemm", "fwd_ge_1_5_flex", "fwd_ge_1_0_sdpa"}
+    assert [r["feature"] for r in data["rows"]] == ["causal", "softcap", "docs"]
+    for r in data["rows"]:
+        assert r["ours_fwd_s"] > 0 and r["ours_fwd_bwd_s"] > 0 and r["fwd_bwd_vs_gemm"] > 0, r
+        for peer in ("flex", "sdpa"):
+            assert (f"fwd_vs_{peer}" in r) != (f"{peer}_status" in r), r
+    assert "sdpa_status" in data["rows"][1]  # softcap: SDPA cannot express it, said so
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.attention_targets", "--seqlens", "100"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--seqlens: expected positive multiples of 128" in bad.stderr
